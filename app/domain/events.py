@@ -1,0 +1,247 @@
+"""Lifecycle events: one frozen pydantic model per type, a discriminated union on ``type``.
+
+The same schema is used on the wire, in the log and in the API. Stored type names are stable
+strings (``"failed"``) with a ``version``; a change of meaning adds a version and an upcaster.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, min_length=1, max_length=200)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(max_length=4000)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=366 * 24 * 3600)]
+
+
+class JobType(StrEnum):
+    SYNC = "sync"
+    POLLING = "polling"
+    BATCH = "batch"
+    STREAM = "stream"
+
+
+class Priority(StrEnum):
+    URGENT = "urgent"
+    BULK = "bulk"
+    TEST = "test"
+
+
+class ExpiryReason(StrEnum):
+    LEASE = "lease"
+    TTL = "ttl"
+
+
+class DeadLetterReason(StrEnum):
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    NON_RETRYABLE = "non_retryable"
+    TTL = "ttl"
+    POISON = "poison"
+    BROKER = "broker"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class RetryOverride(_Frozen):
+    """Per-job retry settings; any field left out falls back to the policy."""
+
+    initial_interval_seconds: PositiveSeconds | None = None
+    backoff_coefficient: Annotated[float, Field(ge=1, le=100)] | None = None
+    max_interval_seconds: PositiveSeconds | None = None
+
+
+class EventBase(_Frozen):
+    """The envelope every lifecycle event shares."""
+
+    version: Literal[1] = 1
+    event_id: UUID
+    job_id: JobId
+    occurred_at: AwareDatetime
+    attempt: Annotated[int, Field(ge=1, le=1_000_000)]
+    source: Name
+    actor: Name | None = None
+
+
+class Submitted(EventBase):
+    type: Literal["submitted"] = "submitted"
+    job_type: JobType
+    model: Name
+    priority: Priority
+    tenant: Name
+    pool: Name
+    queue: Name
+    payload: JsonValue = None
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+    ttl_seconds: PositiveSeconds | None = None
+    lease_seconds: PositiveSeconds | None = None
+    retry: RetryOverride | None = None
+    fallback_pools: tuple[Name, ...] = Field(default=(), max_length=32)
+    reroute_after_failures: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_fits(cls, value: JsonValue) -> JsonValue:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"payload is {size} bytes; at most {MAX_PAYLOAD_BYTES} are allowed")
+        return value
+
+
+class Reserved(EventBase):
+    type: Literal["reserved"] = "reserved"
+    node_id: Name
+    lease_seconds: PositiveSeconds | None = None
+
+
+class Heartbeat(EventBase):
+    type: Literal["heartbeat"] = "heartbeat"
+    node_id: Name
+
+
+class Completed(EventBase):
+    type: Literal["completed"] = "completed"
+    node_id: Name
+    duration_ms: Annotated[int, Field(ge=0)] | None = None
+
+
+class Failed(EventBase):
+    type: Literal["failed"] = "failed"
+    node_id: Name
+    error_code: Name
+    error_message: Text = ""
+    retryable: bool
+
+
+class Expired(EventBase):
+    type: Literal["expired"] = "expired"
+    reason: ExpiryReason
+    detail: Text = ""
+
+
+class Retried(EventBase):
+    """Jobtrail republished the job, after its cooldown, for attempt ``attempt``."""
+
+    type: Literal["retried"] = "retried"
+    pool: Name
+    queue: Name
+
+
+class Rerouted(EventBase):
+    """Jobtrail republished the job for attempt ``attempt`` to another pool."""
+
+    type: Literal["rerouted"] = "rerouted"
+    from_pool: Name
+    pool: Name
+    queue: Name
+
+
+class DeadLettered(EventBase):
+    type: Literal["dead_lettered"] = "dead_lettered"
+    reason: DeadLetterReason
+    detail: Text = ""
+
+
+class Cancelled(EventBase):
+    type: Literal["cancelled"] = "cancelled"
+    reason: Text = ""
+
+    @model_validator(mode="after")
+    def _needs_actor(self) -> Cancelled:
+        if self.actor is None:
+            raise ValueError("a cancelled event names its actor")
+        return self
+
+
+class Redriven(EventBase):
+    """An operator sent a dead-lettered job back to its queue as attempt ``attempt``."""
+
+    type: Literal["redriven"] = "redriven"
+    pool: Name
+    queue: Name
+    reason: Text = ""
+
+    @model_validator(mode="after")
+    def _needs_actor(self) -> Redriven:
+        if self.actor is None:
+            raise ValueError("a redriven event names its actor")
+        return self
+
+
+JobEvent = Annotated[
+    Submitted
+    | Reserved
+    | Heartbeat
+    | Completed
+    | Failed
+    | Expired
+    | Retried
+    | Rerouted
+    | DeadLettered
+    | Cancelled
+    | Redriven,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: tuple[str, ...] = (
+    "submitted",
+    "reserved",
+    "heartbeat",
+    "completed",
+    "failed",
+    "expired",
+    "retried",
+    "rerouted",
+    "dead_lettered",
+    "cancelled",
+    "redriven",
+)
+"""Every stable type name, in lifecycle order."""
+
+DERIVED_TYPES: frozenset[str] = frozenset({"expired", "retried", "rerouted", "dead_lettered"})
+"""Types Jobtrail itself may decide (brokers may also report expired and dead_lettered)."""
+
+EVENT_ADAPTER: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
+
+
+def parse_event(data: str | bytes) -> JobEvent:
+    """Validate one event from its JSON text; raises ``pydantic.ValidationError``."""
+    return EVENT_ADAPTER.validate_json(data)
+
+
+def event_from_dict(data: dict[str, Any]) -> JobEvent:
+    """Validate one event from already-decoded JSON."""
+    return EVENT_ADAPTER.validate_python(data)
+
+
+def canonical_json(event: JobEvent) -> str:
+    """The one encoding that hashes and stores an event: sorted keys, no spaces, UTF-8 text."""
+    return json.dumps(
+        event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def as_utc(moment: datetime) -> str:
+    """ISO-8601 text of an aware instant in UTC with microseconds, used in hashes and storage."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+

@@ -1,0 +1,222 @@
+"""The ports the services need. Adapters implement them; fakes implement them for tests.
+
+Driver exceptions never cross a port: adapters translate them into the errors below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from app.domain.chain import RecordedEvent, StoredEvent
+from app.domain.events import JobEvent
+
+
+class StoreUnavailable(Exception):
+    """A store (log, SQL) could not be reached or failed transiently; retry later."""
+
+
+class LogUnavailable(StoreUnavailable):
+    """The event log could not be reached or failed transiently."""
+
+
+class ProjectionUnavailable(StoreUnavailable):
+    """The SQL projection store could not be reached or failed transiently."""
+
+
+class PublishFailed(Exception):
+    """The broker did not confirm a publish (unroutable, nacked, or disconnected)."""
+
+
+class AppendStatus(StrEnum):
+    APPENDED = "appended"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOutcome:
+    """What ``append`` did: ``seq`` is the stored entry's seq whether new or a duplicate."""
+
+    event_id: str
+    job_id: str
+    status: AppendStatus
+    seq: int
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current instant, timezone-aware UTC."""
+        ...
+
+
+class EventLog(Protocol):
+    """Append-only, per-job hash-chained event log. Insert and find only; never update or delete."""
+
+    async def ensure_schema(self) -> None:
+        """Create indexes / tables if missing (idempotent)."""
+        ...
+
+    async def append(self, event: JobEvent, recorded_at: datetime) -> AppendOutcome:
+        """Store ``event`` as the job's next seq; a known event_id is a no-op reporting DUPLICATE.
+
+        ``recorded_at`` is truncated to milliseconds before it is stored and hashed.
+        Concurrent appends to one job conflict on (job_id, seq) and are retried inside.
+        """
+        ...
+
+    async def append_many(
+        self, events: Sequence[JobEvent], recorded_at: datetime
+    ) -> list[AppendOutcome]:
+        """``append`` for each event, in order; per-job order is the order given."""
+        ...
+
+    async def read_job(self, job_id: str, *, until: datetime | None = None) -> list[RecordedEvent]:
+        """The job's events in seq order (only those recorded at or before ``until`` if given)."""
+        ...
+
+    async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
+        """The job's entries as stored, in seq order, without decoding (for verification)."""
+        ...
+
+    def scan_raw(self) -> AsyncIterator[StoredEvent]:
+        """Every entry as stored, ordered by (job_id, seq), in constant memory."""
+        ...
+
+    def scan(self) -> AsyncIterator[RecordedEvent]:
+        """Every event decoded, ordered by (job_id, seq), in constant memory."""
+        ...
+
+    async def count(self) -> int:
+        """How many entries the log holds."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """The projection of one job, as the Cloud reads it."""
+
+    job_id: str
+    status: str | None
+    attempt: int
+    max_attempts: int | None
+    job_type: str | None
+    model: str | None
+    priority: str | None
+    tenant: str | None
+    pool: str | None
+    queue: str | None
+    node_id: str | None
+    last_error_code: str | None
+    last_error_message: str | None
+    terminal_reason: str | None
+    next_deadline_at: datetime | None
+    deadline_kind: str | None
+    anomalies: int
+    last_seq: int
+    submitted_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One attempt of a job: where it ran and how it ended."""
+
+    job_id: str
+    attempt: int
+    pool: str | None
+    queue: str | None
+    node_id: str | None
+    reserved_at: datetime | None
+    ended_at: datetime | None
+    outcome: str | None
+    error_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to publish once its derived event is recorded; ``event_id`` makes it idempotent."""
+
+    event_id: str
+    job_id: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: Mapping[str, str | int] = field(default_factory=dict)
+    priority: int | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRow:
+    """The next deadline of a job (lease, ttl or cooldown)."""
+
+    job_id: str
+    due_at: datetime
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionUpdate:
+    """Everything one job contributes to one projection transaction.
+
+    ``timer`` None removes the job's timer. The update is skipped whole when the stored job row
+    already has a ``last_seq`` at least as new as ``job.last_seq``.
+    """
+
+    job: JobRow
+    attempts: Sequence[AttemptRow] = ()
+    outbox: Sequence[OutboxMessage] = ()
+    timer: TimerRow | None = None
+
+
+class ProjectionStore(Protocol):
+    """SQL projections: jobs, attempts, outbox, timers and checkpoints."""
+
+    async def apply(
+        self, updates: Sequence[ProjectionUpdate], checkpoints: Mapping[str, str] | None = None
+    ) -> None:
+        """Commit every update (and checkpoint values) in one transaction."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRow | None: ...
+
+    async def get_attempts(self, job_id: str) -> list[AttemptRow]: ...
+
+    async def projected_seqs(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """``last_seq`` of each known job among ``job_ids``."""
+        ...
+
+    def all_jobs(self) -> AsyncIterator[JobRow]:
+        """Every job row ordered by job_id, in constant memory."""
+        ...
+
+    async def due_timers(self, now: datetime, limit: int) -> list[TimerRow]:
+        """Timers with ``due_at <= now``, earliest first."""
+        ...
+
+    async def next_timer_at(self) -> datetime | None:
+        """The earliest ``due_at`` of any timer."""
+        ...
+
+    async def pending_outbox(self, limit: int) -> list[OutboxMessage]:
+        """Unpublished outbox messages, oldest first."""
+        ...
+
+    async def mark_published(self, event_ids: Sequence[str], at: datetime) -> None: ...
+
+    async def get_checkpoint(self, name: str) -> str | None: ...
+
+    async def close(self) -> None: ...
+
+
+class Publisher(Protocol):
+    """Publishes to RabbitMQ with publisher confirms; raises PublishFailed when unconfirmed."""
+
+    async def publish(self, message: OutboxMessage) -> None: ...
+
+    async def quarantine(self, body: bytes, reason: str, headers: Mapping[str, str]) -> None: ...
