@@ -1,0 +1,46 @@
+# The targets the README uses. `make serve` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SECANTUS := .venv-secantus
+
+.PHONY: setup services serve test test-unit lint typecheck check clean
+
+setup: $(VENV)/.installed $(SECANTUS)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# SecantusDB (GPL-2.0), the MongoDB-speaking test server, lives in its own virtualenv.
+$(SECANTUS)/.installed: constraints-secantus.txt
+	$(PYTHON) -m venv $(SECANTUS)
+	$(SECANTUS)/bin/pip install -q -c constraints-secantus.txt 'secantusdb==0.7.0b3'
+	touch $@
+
+services:
+	./scripts/services.sh
+
+serve: $(VENV)/.installed services
+	$(BIN)/jobtrail serve
+
+test: setup services
+	$(BIN)/pytest --cov=app --cov-branch --cov-report=term:skip-covered -q
+	$(BIN)/coverage report --include='app/domain/*' --fail-under=100 --show-missing
+
+test-unit: $(VENV)/.installed
+	$(BIN)/pytest tests/unit -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check app tests
+	$(BIN)/lint-imports
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) $(SECANTUS) .pytest_cache .mypy_cache .ruff_cache .coverage var

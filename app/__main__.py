@@ -1,0 +1,3 @@
+from app.entrypoints.cli import main
+
+main()

@@ -1,0 +1,174 @@
+"""RabbitMQ: Jobtrail's topology and a publisher with confirms (aio-pika, robust connection).
+
+Every publish is persistent, mandatory and confirmed: an unroutable or nacked message raises
+``PublishFailed`` so the outbox keeps it. Work queues are declared before the first publish to
+them (durable, with a maximum priority and the broker dead-letter exchange) so a republished job
+is never dropped for want of a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from app.ports import OutboxMessage, PublishFailed
+
+EVENTS_EXCHANGE = "jobtrail.events"
+TRACKER_QUEUE = "jobtrail.tracker"
+QUARANTINE_QUEUE = "jobtrail.quarantine"
+DEAD_QUEUE = "jobtrail.dead"
+BROKER_DLX = "jobtrail.broker-dlx"
+BROKER_DEAD_QUEUE = "jobtrail.broker-dead"
+REASON_HEADER = "x-jobtrail-reason"
+JOB_ID_HEADER = "x-jobtrail-job-id"
+EVENTS_ROUTING = "job.#"
+TRACKER_DELIVERY_LIMIT = 50
+
+TRACKER_QUEUE_ARGS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": TRACKER_DELIVERY_LIMIT,
+    "x-dead-letter-exchange": "",
+    "x-dead-letter-routing-key": QUARANTINE_QUEUE,
+}
+BROKER_DEAD_QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+log = logging.getLogger("jobtrail.rabbit")
+
+_BROKER_ERRORS = (
+    aio_pika.exceptions.AMQPError,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def work_queue_args(max_priority: int) -> dict[str, Any]:
+    """Arguments of every work queue: priorities and broker dead-lettering to Jobtrail."""
+    return {"x-max-priority": max_priority, "x-dead-letter-exchange": BROKER_DLX}
+
+
+class RabbitPublisher:
+    """Confirmed publishes for the outbox relay and the quarantine."""
+
+    def __init__(self, url: str, *, max_priority: int = 9, timeout: float = 10.0) -> None:
+        self._url = url
+        self._max_priority = max_priority
+        self._timeout = timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._declared: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        """Connect and declare Jobtrail's own queues and exchanges."""
+        try:
+            self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
+            self._channel = await self._open_channel()
+            await declare_topology(self._channel)
+        except _BROKER_ERRORS as exc:
+            raise PublishFailed(f"cannot reach RabbitMQ: {exc!r}") from exc
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def publish(self, message: OutboxMessage) -> None:
+        """Publish one outbox message, confirmed; raises PublishFailed otherwise."""
+        try:
+            await self._ensure_queue(message.routing_key)
+            await self._publish(
+                message.body,
+                message.routing_key,
+                headers=dict(message.headers),
+                priority=message.priority,
+                message_id=message.event_id,
+            )
+        except _BROKER_ERRORS as exc:
+            raise PublishFailed(f"publish to {message.routing_key} failed: {exc!r}") from exc
+
+    async def quarantine(self, body: bytes, reason: str, headers: Mapping[str, str]) -> None:
+        """Park an unacceptable message with its reason in ``x-jobtrail-reason``."""
+        try:
+            await self._publish(
+                body, QUARANTINE_QUEUE, headers={**headers, REASON_HEADER: reason[:1000]}
+            )
+        except _BROKER_ERRORS as exc:
+            raise PublishFailed(f"quarantine failed: {exc!r}") from exc
+
+    async def _publish(
+        self,
+        body: bytes,
+        routing_key: str,
+        *,
+        headers: dict[str, Any],
+        priority: int | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        channel = await self._live_channel()
+        message = aio_pika.Message(
+            body,
+            headers=headers,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=priority,
+            message_id=message_id,
+        )
+        confirmation = await channel.default_exchange.publish(
+            message, routing_key=routing_key, mandatory=True, timeout=self._timeout
+        )
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise PublishFailed(
+                f"broker did not confirm the publish to {routing_key}: {confirmation!r}"
+            )
+
+    async def _ensure_queue(self, queue: str) -> None:
+        if queue in self._declared:
+            return
+        async with self._lock:
+            channel = await self._live_channel()
+            try:
+                await channel.declare_queue(
+                    queue, durable=True, arguments=work_queue_args(self._max_priority)
+                )
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                # The queue exists with other arguments (declared by someone else): use it as is.
+                log.info("work queue %s exists with other arguments; using it as declared", queue)
+                self._channel = await self._open_channel()
+                await self._channel.declare_queue(queue, passive=True)
+            self._declared.add(queue)
+
+    async def _live_channel(self) -> AbstractRobustChannel:
+        if self._connection is None:
+            await self.connect()
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._open_channel()
+        return self._channel
+
+    async def _open_channel(self) -> AbstractRobustChannel:
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        return channel  # type: ignore[return-value]
+
+
+async def declare_topology(channel: aio_pika.abc.AbstractChannel) -> None:
+    """Declare the exchanges and queues Jobtrail owns (idempotent)."""
+    events = await channel.declare_exchange(
+        EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    tracker = await channel.declare_queue(TRACKER_QUEUE, durable=True, arguments=TRACKER_QUEUE_ARGS)
+    await tracker.bind(events, routing_key=EVENTS_ROUTING)
+    await channel.declare_queue(QUARANTINE_QUEUE, durable=True)
+    await channel.declare_queue(DEAD_QUEUE, durable=True)
+    dlx = await channel.declare_exchange(BROKER_DLX, aio_pika.ExchangeType.FANOUT, durable=True)
+    broker_dead = await channel.declare_queue(
+        BROKER_DEAD_QUEUE, durable=True, arguments=BROKER_DEAD_QUEUE_ARGS
+    )
+    await broker_dead.bind(dlx)

@@ -1,0 +1,130 @@
+"""The composition root: Settings → adapters → services. Nothing here runs at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+
+from app.adapters.clock import SystemClock
+from app.adapters.log_factory import open_event_log
+from app.adapters.rabbit import RabbitPublisher
+from app.adapters.sql_schema import migrate
+from app.adapters.sql_store import SqlProjectionStore
+from app.domain.policy import Policy
+from app.ports import Clock, EventLog, ProjectionStore
+from app.services.ingest import Batcher, Health, Ingestor
+from app.services.relay import OutboxRelay, TimerLoop
+from app.services.tracking import Tracker
+from app.settings import Settings
+
+log = logging.getLogger("jobtrail")
+
+
+def load_policy(settings: Settings) -> Policy:
+    """The policy file named in the settings, or the built-in one; raises ValueError if invalid."""
+    if settings.policy_file is None:
+        text = resources.files("app.domain").joinpath("default_policy.toml").read_text()
+    else:
+        try:
+            text = settings.policy_file.read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read policy file {settings.policy_file}: {exc.strerror}") from exc
+    return Policy.from_toml(text)
+
+
+@dataclass
+class Readers:
+    """What read-only commands need: the log, the projections and the policy."""
+
+    log: EventLog
+    store: ProjectionStore
+    policy: Policy
+
+    async def close(self) -> None:
+        await self.log.close()
+        await self.store.close()
+
+
+def open_readers(settings: Settings) -> Readers:
+    return Readers(open_event_log(settings.log_url), SqlProjectionStore(settings.sql_url), load_policy(settings))
+
+
+async def prepare_storage(settings: Settings) -> None:
+    """Apply the SQL migrations (and the log's schema); safe to run on every start."""
+    if settings.sql_url.startswith("sqlite"):
+        _ensure_sqlite_dir(settings.sql_url)
+    await migrate(settings.sql_url)
+    if not settings.uses_mongo:
+        _ensure_sqlite_dir(settings.log_url)
+        if settings.log_url != settings.sql_url:
+            await migrate(settings.log_url)
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    from pathlib import Path
+
+    if url.startswith("sqlite") and ":///" in url:
+        path = url.split(":///", 1)[1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class Tracking:
+    """A running tracker's parts, wired together."""
+
+    settings: Settings
+    readers: Readers
+    clock: Clock
+    publisher: RabbitPublisher
+    health: Health
+    tracker: Tracker
+    batcher: Batcher
+    ingestor: Ingestor
+    relay: OutboxRelay
+    timers: TimerLoop
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.readers.log.ensure_schema()
+        await self.publisher.connect()
+        self.batcher.start()
+        self._tasks = [
+            asyncio.create_task(self.relay.run(), name="jobtrail-outbox-relay"),
+            asyncio.create_task(self.timers.run(), name="jobtrail-timers"),
+        ]
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.publisher.close()
+        await self.readers.close()
+
+
+def build_tracking(settings: Settings) -> Tracking:
+    """Wire a tracker from settings (connects nothing until ``start``)."""
+    readers = open_readers(settings)
+    clock = SystemClock()
+    publisher = RabbitPublisher(settings.rabbit_url, max_priority=readers.policy.document.max_priority)
+    health = Health()
+    relay = OutboxRelay(readers.store, publisher, clock)
+    tracker = Tracker(readers.log, readers.store, readers.policy, clock, on_outbox=relay.wake)
+    batcher = Batcher(
+        tracker.record, health, max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
+    )
+    return Tracking(
+        settings=settings,
+        readers=readers,
+        clock=clock,
+        publisher=publisher,
+        health=health,
+        tracker=tracker,
+        batcher=batcher,
+        ingestor=Ingestor(batcher, publisher),
+        relay=relay,
+        timers=TimerLoop(tracker, health, interval=settings.timer_interval_ms / 1000),
+    )

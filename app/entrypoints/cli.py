@@ -1,0 +1,239 @@
+"""The ``jobtrail`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+
+from app.bootstrap import Readers, build_tracking, open_readers, prepare_storage
+from app.domain.chain import RecordedEvent, StoredEvent, verify_chain
+from app.entrypoints import logs
+from app.ports import JobRow, PublishFailed, StoreUnavailable
+from app.services.projection import job_row
+from app.services.tracking import fold_history
+from app.settings import Settings
+
+app = typer.Typer(
+    name="jobtrail",
+    help="Event-sourced job-state tracker for RabbitMQ job queues.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+log = logging.getLogger("jobtrail")
+
+JobIdArg = Annotated[str, typer.Argument(help="The job's id.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on standard output.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"jobtrail: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        _fail(f"invalid setting JOBTRAIL_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
+
+
+def _run(work: Callable[[], Awaitable[int]]) -> None:
+    """Run a command's coroutine; turn expected failures into one line and an exit code."""
+    try:
+        code = asyncio.run(work())
+    except (StoreUnavailable, PublishFailed) as exc:
+        _fail(str(exc) or exc.__class__.__name__, 3)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve() -> None:
+    """Run the tracker: migrations, subscribers, timers and the outbox relay, until SIGTERM."""
+    settings = _settings()
+    logs.configure(settings.log_level)
+    _run(lambda: _serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    from app.entrypoints.worker import create_app
+
+    if not settings.uses_mongo:
+        log.warning(
+            "EMBEDDED MODE: the event log is SQLite (%s), not MongoDB. "
+            "Set JOBTRAIL_LOG_URL=mongodb://... for production.",
+            settings.log_url,
+        )
+    await prepare_storage(settings)
+    tracking = build_tracking(settings)
+    await tracking.start()
+    stream = create_app(tracking)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stream.start()
+    log.info("jobtrail serving", extra={"rabbit": _redact(settings.rabbit_url), "mongo": settings.uses_mongo})
+    await stop.wait()
+    log.info("jobtrail stopping")
+    await stream.stop()
+    await tracking.stop()
+    log.info("jobtrail stopped")
+    return 0
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.rpartition("@")
+    return f"{head.split('://')[0]}://***@{tail}" if sep else url
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the SQL migrations (projections, and the SQL event log if configured)."""
+    settings = _settings()
+
+    async def work() -> int:
+        await prepare_storage(settings)
+        typer.echo("migrations applied")
+        return 0
+
+    _run(work)
+
+
+@app.command()
+def status(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
+    """Print a job's current state (its projection)."""
+    settings = _settings()
+    _run(lambda: _with_readers(settings, lambda r: _status(r, job_id, as_json)))
+
+
+async def _with_readers(settings: Settings, work: Callable[[Readers], Awaitable[int]]) -> int:
+    readers = open_readers(settings)
+    try:
+        return await work(readers)
+    finally:
+        await readers.close()
+
+
+async def _status(readers: Readers, job_id: str, as_json: bool) -> int:
+    row = await readers.store.get_job(job_id)
+    if row is None:
+        events = await readers.log.read_job(job_id)
+        if not events:
+            _fail(f"no events for job {job_id!r}", 2)
+        row = job_row(fold_history(events, readers.policy), readers.policy)
+    _print_row(row, as_json)
+    return 0
+
+
+def _print_row(row: JobRow, as_json: bool) -> None:
+    data = {k: _jsonable(v) for k, v in asdict(row).items()}
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    for key, value in data.items():
+        typer.echo(f"{key:>18}  {'' if value is None else value}")
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@app.command()
+def history(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
+    """Print every recorded event of a job, in seq order."""
+    settings = _settings()
+    _run(lambda: _with_readers(settings, lambda r: _history(r, job_id, as_json)))
+
+
+def flat_event(recorded: RecordedEvent) -> dict[str, Any]:
+    """One history entry as a flat JSON object: log fields, then the event's own fields."""
+    entry: dict[str, Any] = {
+        "seq": recorded.seq,
+        "recorded_at": recorded.recorded_at.isoformat(),
+        "hash": recorded.hash,
+        "prev_hash": recorded.prev_hash,
+    }
+    entry |= recorded.event.model_dump(mode="json")
+    return entry
+
+
+async def _history(readers: Readers, job_id: str, as_json: bool) -> int:
+    events = await readers.log.read_job(job_id)
+    if not events:
+        _fail(f"no events for job {job_id!r}", 2)
+    entries = [flat_event(e) for e in events]
+    if as_json:
+        typer.echo(json.dumps(entries))
+        return 0
+    for e in entries:
+        extra = e.get("reason") or e.get("error_code") or e.get("node_id") or e.get("queue") or ""
+        typer.echo(f"{e['seq']:>4}  {e['recorded_at']}  {e['type']:<14} attempt {e['attempt']}  {extra}")
+    return 0
+
+
+@app.command()
+def verify(
+    job: Annotated[str | None, typer.Option(help="Verify only this job.")] = None,
+) -> None:
+    """Re-compute every job's hash chain; exit 1 and name each broken job if any."""
+    settings = _settings()
+    _run(lambda: _with_readers(settings, lambda r: _verify(r, job)))
+
+
+async def _verify(readers: Readers, job: str | None) -> int:
+    broken = checked = 0
+    if job is not None:
+        entries = await readers.log.read_job_raw(job)
+        if not entries:
+            _fail(f"no events for job {job!r}", 2)
+        groups: AsyncIterator[tuple[str, list[StoredEvent]]] = _single(job, entries)
+    else:
+        groups = _chains(readers.log.scan_raw())
+    async for job_id, chain in groups:
+        checked += 1
+        found = verify_chain(job_id, chain)
+        if found is not None:
+            broken += 1
+            typer.echo(f"BROKEN {found.job_id} at seq {found.seq}: {found.reason}")
+    typer.echo(f"verified {checked} jobs: {checked - broken} intact, {broken} broken", err=True)
+    return 1 if broken else 0
+
+
+async def _single(job_id: str, entries: list[StoredEvent]) -> AsyncIterator[tuple[str, list[StoredEvent]]]:
+    yield job_id, entries
+
+
+async def _chains(
+    entries: AsyncIterator[StoredEvent],
+) -> AsyncIterator[tuple[str, list[StoredEvent]]]:
+    """Group a (job_id, seq)-ordered scan into one chain per job, one job in memory at a time."""
+    current: list[StoredEvent] = []
+    async for entry in entries:
+        if current and entry.job_id != current[0].job_id:
+            yield current[0].job_id, current
+            current = []
+        current.append(entry)
+    if current:
+        yield current[0].job_id, current
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

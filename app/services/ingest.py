@@ -1,0 +1,159 @@
+"""Ingestion: decode a message, quarantine what cannot be accepted, batch the rest into the log.
+
+A message is acknowledged only when its ``submit`` returns: after the durable commit of its
+batch, or after it was safely quarantined. A store outage never fails a message: the batch is
+retried with backoff while the messages stay unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from app.domain.events import JobEvent, parse_event
+from app.ports import Publisher, StoreUnavailable
+
+log = logging.getLogger("jobtrail.ingest")
+
+RecordBatch = Callable[[Sequence[JobEvent]], Awaitable[object]]
+
+
+def rejection_reason(body: bytes) -> tuple[JobEvent | None, str | None]:
+    """The decoded event, or why the message cannot be accepted (one line, no secrets)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"invalid_utf8: {exc.reason} at byte {exc.start}"
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid_json: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    try:
+        return parse_event(text), None
+    except ValidationError as exc:
+        return None, "invalid_event: " + _summarize(exc)
+
+
+def _summarize(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg']}")
+    more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return "; ".join(parts)[:900] + more
+
+
+@dataclass
+class Health:
+    """What /healthz and the logs say about the stores."""
+
+    degraded_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.degraded_reason is None
+
+
+@dataclass
+class _Pending:
+    event: JobEvent
+    done: asyncio.Future[None]
+
+
+@dataclass
+class Batcher:
+    """Accumulates events into micro-batches (up to ``max_size`` or ``max_wait`` seconds).
+
+    Batches are recorded one at a time, in arrival order, so a job's events keep their order.
+    """
+
+    record: RecordBatch
+    health: Health
+    max_size: int = 256
+    max_wait: float = 0.01
+    max_backoff: float = 5.0
+    _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="jobtrail-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def submit(self, event: JobEvent) -> None:
+        """Return once ``event`` is durably recorded and projected."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(event, done))
+        await done
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            await self._record_until_done(batch)
+
+    async def _collect(self) -> list[_Pending]:
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _record_until_done(self, batch: list[_Pending]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.record([p.event for p in batch])
+            except StoreUnavailable as exc:
+                self.health.degraded_reason = f"store unavailable: {exc}"
+                log.warning("store unavailable, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            except Exception as exc:  # a bug: fail these messages so the broker redelivers them
+                log.exception("recording a batch failed")
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
+                return
+            self.health.degraded_reason = None
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_result(None)
+            return
+
+
+@dataclass
+class Ingestor:
+    """The subscriber's service: accept a raw message or quarantine it with its reason."""
+
+    batcher: Batcher
+    publisher: Publisher
+    quarantined: Callable[[str], None] | None = None
+
+    async def accept(self, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        event, reason = rejection_reason(body)
+        if event is None:
+            assert reason is not None
+            await self.publisher.quarantine(body, reason, dict(headers or {}))
+            log.info("quarantined", extra={"reason": reason})
+            if self.quarantined is not None:
+                self.quarantined(reason.split(":", 1)[0])
+            return
+        await self.batcher.submit(event)

@@ -1,0 +1,152 @@
+"""Turning a job's folded state and history into projection rows, outbox messages and a timer.
+
+Pure: the same state and history always give the same rows, which is what lets ``rebuild``
+prove that the projection equals the fold of the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from app.domain.chain import RecordedEvent
+from app.domain.decide import next_deadline
+from app.domain.events import Completed, DeadLettered, Expired, Failed, Rerouted, Reserved, Retried, Redriven, Submitted
+from app.domain.policy import Policy
+from app.domain.state import JobState
+from app.ports import AttemptRow, JobRow, OutboxMessage, ProjectionUpdate, TimerRow
+
+DEAD_LETTER_QUEUE = "jobtrail.dead"
+ATTEMPT_HEADER = "x-jobtrail-attempt"
+JOB_ID_HEADER = "x-jobtrail-job-id"
+EVENT_ID_HEADER = "x-jobtrail-event-id"
+REASON_HEADER = "x-jobtrail-reason"
+
+
+def job_row(state: JobState, policy: Policy) -> JobRow:
+    """The Cloud's view of one job."""
+    spec = state.spec
+    deadline = next_deadline(state, policy)
+    return JobRow(
+        job_id=state.job_id,
+        status=state.status.value if state.status is not None else None,
+        attempt=state.attempt,
+        max_attempts=policy.for_job(spec).max_attempts if spec is not None else None,
+        job_type=spec.job_type.value if spec else None,
+        model=spec.model if spec else None,
+        priority=spec.priority.value if spec else None,
+        tenant=spec.tenant if spec else None,
+        pool=state.pool,
+        queue=state.queue,
+        node_id=state.node_id,
+        last_error_code=state.last_error_code,
+        last_error_message=state.last_error_message,
+        terminal_reason=state.terminal_reason,
+        next_deadline_at=deadline.at if deadline else None,
+        deadline_kind=deadline.kind if deadline else None,
+        anomalies=len(state.anomalies),
+        last_seq=state.last_seq,
+        submitted_at=state.submitted_at,
+        updated_at=state.updated_at,
+    )
+
+
+@dataclass
+class _Attempt:
+    pool: str | None = None
+    queue: str | None = None
+    node_id: str | None = None
+    reserved_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str | None = None
+    error_code: str | None = None
+
+
+def attempt_rows(job_id: str, events: Sequence[RecordedEvent]) -> list[AttemptRow]:
+    """One row per attempt that a submission or republish started."""
+    attempts: dict[int, _Attempt] = {}
+    for recorded in events:
+        _fold_attempt(attempts, recorded)
+    return [AttemptRow(job_id, n, **vars(a)) for n, a in sorted(attempts.items())]
+
+
+def _fold_attempt(attempts: dict[int, _Attempt], recorded: RecordedEvent) -> None:
+    event, at = recorded.event, recorded.recorded_at
+    if isinstance(event, Submitted | Retried | Rerouted | Redriven):
+        attempts.setdefault(event.attempt, _Attempt(pool=event.pool, queue=event.queue))
+        return
+    current = attempts.get(event.attempt)
+    if current is None or current.outcome is not None:
+        return
+    if isinstance(event, Reserved):
+        current.node_id, current.reserved_at = event.node_id, at
+    elif isinstance(event, Completed):
+        current.node_id, current.ended_at, current.outcome = event.node_id, at, "completed"
+    elif isinstance(event, Failed):
+        current.ended_at, current.outcome, current.error_code = at, "failed", event.error_code
+    elif isinstance(event, Expired | DeadLettered):
+        current.ended_at, current.outcome = at, f"{event.type}:{event.reason}"
+
+
+def outbox_messages(
+    state: JobState, new_events: Sequence[RecordedEvent], policy: Policy
+) -> list[OutboxMessage]:
+    """Messages owed for newly recorded republish and dead-letter events (publish after commit)."""
+    if state.spec is None:
+        return []
+    payload = json.loads(state.spec.payload_json)
+    priority = policy.for_job(state.spec).rabbit_priority
+    messages = []
+    for recorded in new_events:
+        event = recorded.event
+        body: dict[str, object] = {"job_id": event.job_id, "attempt": event.attempt, "payload": payload}
+        headers: dict[str, str | int] = {
+            ATTEMPT_HEADER: event.attempt,
+            JOB_ID_HEADER: event.job_id,
+            EVENT_ID_HEADER: str(event.event_id),
+        }
+        if isinstance(event, Retried | Rerouted | Redriven):
+            queue = event.queue
+        elif isinstance(event, DeadLettered):
+            queue = DEAD_LETTER_QUEUE
+            body |= {"reason": str(event.reason), "detail": event.detail}
+            headers[REASON_HEADER] = str(event.reason)
+        else:
+            continue
+        messages.append(
+            OutboxMessage(
+                event_id=str(event.event_id),
+                job_id=event.job_id,
+                exchange="",
+                routing_key=queue,
+                body=json.dumps(body, separators=(",", ":")).encode(),
+                headers=headers,
+                priority=priority,
+                created_at=recorded.recorded_at,
+            )
+        )
+    return messages
+
+
+def projection_update(
+    state: JobState, events: Sequence[RecordedEvent], projected_seq: int, policy: Policy
+) -> ProjectionUpdate:
+    """Everything one job contributes to a projection transaction."""
+    row = job_row(state, policy)
+    timer = None
+    if row.next_deadline_at is not None and row.deadline_kind is not None:
+        timer = TimerRow(state.job_id, row.next_deadline_at, row.deadline_kind)
+    new_events = [e for e in events if e.seq > projected_seq]
+    return ProjectionUpdate(
+        job=row,
+        attempts=attempt_rows(state.job_id, events),
+        outbox=outbox_messages(state, new_events, policy),
+        timer=timer,
+    )
+
+
+def without_outbox(update: ProjectionUpdate) -> ProjectionUpdate:
+    """The same update with no messages (a rebuild must not republish history)."""
+    return replace(update, outbox=())

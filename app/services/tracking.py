@@ -1,0 +1,112 @@
+"""The tracking use case: record events, fold, decide, record decisions, project — in that order.
+
+Record first, then act: derived events are appended to the log and their outbox rows committed
+in the projection transaction before anything is published. Every step is idempotent (event ids,
+deterministic decision ids, seq-guarded projection rows), so a crash anywhere is repaired by
+processing the same input again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.domain.chain import RecordedEvent
+from app.domain.decide import decide
+from app.domain.events import JobEvent
+from app.domain.machine import fold
+from app.domain.policy import Policy
+from app.domain.state import JobState
+from app.ports import AppendOutcome, Clock, EventLog, ProjectionStore, ProjectionUpdate
+from app.services.projection import projection_update
+
+MAX_DECISIONS_PER_SETTLE = 8
+
+log = logging.getLogger("jobtrail.tracking")
+
+DecisionListener = Callable[[JobEvent, JobState], None]
+
+
+@dataclass
+class Tracker:
+    """Owns the append → fold → decide → project path for live events and timers."""
+
+    log: EventLog
+    store: ProjectionStore
+    policy: Policy
+    clock: Clock
+    on_decision: DecisionListener | None = None
+    on_outbox: Callable[[], None] | None = None
+
+    async def record(self, events: Sequence[JobEvent]) -> list[AppendOutcome]:
+        """Append events (idempotently), then settle and project every job they touch."""
+        now = self.clock.now()
+        outcomes = await self.log.append_many(events, now)
+        await self.settle(_unique(e.job_id for e in events), now)
+        return outcomes
+
+    async def settle(self, job_ids: Sequence[str], now: datetime | None = None) -> None:
+        """Bring each job's decisions and projection up to date with its log, in one commit."""
+        now = now or self.clock.now()
+        seqs = await self.store.projected_seqs(job_ids)
+        updates = []
+        for job_id in job_ids:
+            update = await self._settle_one(job_id, now, seqs.get(job_id, 0))
+            if update is not None:
+                updates.append(update)
+        if updates:
+            await self.store.apply(updates)
+            if self.on_outbox is not None and any(u.outbox for u in updates):
+                self.on_outbox()
+
+    async def fire_due_timers(self, limit: int = 500) -> int:
+        """Settle every job whose deadline has passed; returns how many were due."""
+        now = self.clock.now()
+        due = await self.store.due_timers(now, limit)
+        if due:
+            await self.settle([t.job_id for t in due], now)
+        return len(due)
+
+    async def _settle_one(self, job_id: str, now: datetime, projected: int) -> ProjectionUpdate | None:
+        events = await self.log.read_job(job_id)
+        if not events:
+            return None
+        state = fold(events, skew_tolerance=self.policy.clock_skew_tolerance)
+        for _ in range(MAX_DECISIONS_PER_SETTLE):
+            decided = decide(state, now, self.policy)
+            if not decided:
+                break
+            await self.log.append_many(decided, now)
+            events = await self.log.read_job(job_id)
+            state = fold(events, skew_tolerance=self.policy.clock_skew_tolerance)
+            self._announce(decided, state)
+        if state.last_seq <= projected:
+            return None
+        return projection_update(state, events, projected, self.policy)
+
+    def _announce(self, decided: Iterable[JobEvent], state: JobState) -> None:
+        for event in decided:
+            log.info(
+                "decision",
+                extra={
+                    "decision": event.type,
+                    "job_id": event.job_id,
+                    "attempt": event.attempt,
+                    "event_id": str(event.event_id),
+                    "status": state.status.value if state.status else None,
+                    "detail": getattr(event, "reason", None) or getattr(event, "queue", None),
+                },
+            )
+            if self.on_decision is not None:
+                self.on_decision(event, state)
+
+
+def fold_history(events: Sequence[RecordedEvent], policy: Policy) -> JobState:
+    """The state of a job from its recorded events (for readers such as status and rebuild)."""
+    return fold(events, skew_tolerance=policy.clock_skew_tolerance)
+
+
+def _unique(job_ids: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(job_ids))

@@ -1,0 +1,35 @@
+"""Configuration from the environment (prefix ``JOBTRAIL_``); built by entrypoints, never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    """Every knob of a Jobtrail process. The defaults run on one machine with no MongoDB."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBTRAIL_", extra="ignore")
+
+    rabbit_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    log_url: str = Field(
+        default=f"sqlite+aiosqlite:///{DEFAULT_DATA_DIR / 'jobtrail-log.db'}",
+        description="mongodb://… for the production MongoDB log, or a SQLAlchemy URL",
+    )
+    sql_url: str = f"sqlite+aiosqlite:///{DEFAULT_DATA_DIR / 'jobtrail.db'}"
+    policy_file: Path | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    prefetch: int = Field(default=256, ge=1, le=65535)
+    batch_size: int = Field(default=256, ge=1, le=10000)
+    batch_wait_ms: float = Field(default=10.0, ge=0, le=10000)
+    timer_interval_ms: float = Field(default=250.0, gt=0, le=10000)
+    log_level: str = "INFO"
+
+    @property
+    def uses_mongo(self) -> bool:
+        return self.log_url.startswith(("mongodb://", "mongodb+srv://"))
