@@ -1,0 +1,215 @@
+"""The tracking services on in-memory fakes (held to the same contract suites as the real stores)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.adapters.memory_log import InMemoryEventLog
+from app.adapters.memory_store import InMemoryProjectionStore
+from app.domain.events import Completed, Failed, JobEvent, Reserved, Submitted
+from app.domain.policy import Policy
+from app.ports import LogUnavailable, OutboxMessage, PublishFailed
+from app.services.broker_signals import broker_dead_letter
+from app.services.ingest import Batcher, Health, Ingestor, rejection_reason
+from app.services.projection import job_row
+from app.services.relay import OutboxRelay
+from app.services.replay import replay_decisions
+from app.services.tracking import Tracker, fold_history
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+POLICY = Policy.from_toml(
+    """
+[defaults]
+max_attempts = 2
+lease_seconds = 60
+ttl_seconds = 3600
+[defaults.retry]
+initial_interval_seconds = 10
+backoff_coefficient = 2
+max_interval_seconds = 100
+"""
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.at = T0
+
+    def now(self) -> datetime:
+        return self.at
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[OutboxMessage] = []
+        self.quarantined: list[tuple[bytes, str]] = []
+        self.fail = False
+
+    async def publish(self, message: OutboxMessage) -> None:
+        if self.fail:
+            raise PublishFailed("broker down")
+        self.published.append(message)
+
+    async def quarantine(self, body: bytes, reason: str, headers: Mapping[str, str]) -> None:
+        self.quarantined.append((body, reason))
+
+
+def env(job: str, attempt: int = 1) -> dict[str, object]:
+    return {"event_id": uuid.uuid4(), "job_id": job, "occurred_at": T0, "attempt": attempt, "source": "t"}
+
+
+def submitted(job: str) -> Submitted:
+    return Submitted(**env(job), job_type="batch", model="m", priority="bulk", tenant="t", pool="p",
+                     queue="q", payload={"k": 1})
+
+
+@pytest.fixture
+def parts() -> tuple[Tracker, InMemoryEventLog, InMemoryProjectionStore, FakeClock]:
+    log, store, clock = InMemoryEventLog(), InMemoryProjectionStore(), FakeClock()
+    return Tracker(log, store, POLICY, clock), log, store, clock
+
+
+async def test_failure_then_timer_retries_after_cooldown_and_owes_a_republish(parts) -> None:  # type: ignore[no-untyped-def]
+    tracker, log, store, clock = parts
+    await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n"),
+                          Failed(**env("j"), node_id="n", error_code="oom", retryable=True)])
+    row = await store.get_job("j")
+    assert row is not None and row.status == "cooling_down" and row.deadline_kind == "cooldown"
+    assert row.next_deadline_at is not None
+    clock.at = row.next_deadline_at - timedelta(milliseconds=1)
+    assert await tracker.fire_due_timers() == 0
+    clock.at = row.next_deadline_at
+    assert await tracker.fire_due_timers() == 1
+    row = await store.get_job("j")
+    assert row is not None and (row.status, row.attempt) == ("queued", 2)
+    [message] = await store.pending_outbox(10)
+    assert (message.routing_key, json.loads(message.body)) == ("q", {"job_id": "j", "attempt": 2, "payload": {"k": 1}})
+    assert message.headers["x-jobtrail-attempt"] == 2
+
+
+async def test_projection_equals_a_fresh_fold_and_decisions_replay(parts) -> None:  # type: ignore[no-untyped-def]
+    tracker, log, store, clock = parts
+    await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n")])
+    clock.at = T0 + timedelta(minutes=5)  # lease of 60 s ran out
+    await tracker.fire_due_timers()
+    clock.at += timedelta(minutes=5)  # cooldown over: retried
+    await tracker.fire_due_timers()
+    await tracker.record([Reserved(**env("j", 2), node_id="n"),
+                          Failed(**env("j", 2), node_id="n", error_code="x", retryable=True)])
+    events = await log.read_job("j")
+    assert [e.event.type for e in events] == [
+        "submitted", "reserved", "expired", "retried", "reserved", "failed", "dead_lettered"]
+    state = fold_history(events, POLICY)
+    assert await store.get_job("j") == job_row(state, POLICY)
+    assert replay_decisions(events, POLICY) == []
+    dead = [m for m in await store.pending_outbox(10) if m.routing_key == "jobtrail.dead"]
+    assert json.loads(dead[0].body)["reason"] == "retries_exhausted"
+
+
+async def test_a_second_settle_of_the_same_decision_stores_it_once(parts) -> None:  # type: ignore[no-untyped-def]
+    tracker, log, store, clock = parts
+    await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n"),
+                          Failed(**env("j"), node_id="n", error_code="bad", retryable=False)])
+    before = await log.count()
+    await tracker.settle(["j"])
+    await tracker.record([Failed(**env("j"), node_id="n", error_code="bad", retryable=False)])
+    assert await log.count() == before + 1  # only the late duplicate report, flagged
+    row = await store.get_job("j")
+    assert row is not None and (row.status, row.anomalies) == ("dead_lettered", 1)
+
+
+class FlakyRecorder:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.batches: list[Sequence[JobEvent]] = []
+
+    async def __call__(self, events: Sequence[JobEvent]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise LogUnavailable("log down")
+        self.batches.append(events)
+
+
+async def test_batcher_holds_messages_through_an_outage_and_reports_degraded() -> None:
+    recorder, health = FlakyRecorder(failures=2), Health()
+    batcher = Batcher(recorder, health, max_wait=0.001)
+    batcher.start()
+    try:
+        pending = asyncio.ensure_future(batcher.submit(submitted("a")))
+        await asyncio.sleep(0.05)
+        assert not pending.done() and health.degraded_reason == "store unavailable: log down"
+        await asyncio.wait_for(pending, 5)
+        assert health.ok and [e.job_id for b in recorder.batches for e in b] == ["a"]
+    finally:
+        await batcher.stop()
+
+
+async def test_batcher_keeps_arrival_order_within_and_across_batches() -> None:
+    recorder, health = FlakyRecorder(failures=0), Health()
+    batcher = Batcher(recorder, health, max_size=7, max_wait=0.001)
+    batcher.start()
+    try:
+        events = [submitted(f"j{i}") for i in range(50)]
+        await asyncio.gather(*(batcher.submit(e) for e in events))
+        assert [e.job_id for b in recorder.batches for e in b] == [e.job_id for e in events]
+        assert max(len(b) for b in recorder.batches) <= 7
+    finally:
+        await batcher.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "prefix"),
+    [
+        (b"\xff\xfe", "invalid_utf8:"),
+        (b'{"type": ', "invalid_json:"),
+        (b'{"type": "submitted"}', "invalid_event:"),
+        (json.dumps({"type": "completed", "event_id": str(uuid.uuid4()), "job_id": {"$gt": ""},
+                     "occurred_at": "2026-11-27T10:00:00Z", "attempt": 1, "source": "n", "node_id": "n"}).encode(),
+         "invalid_event: completed.job_id"),
+    ],
+)
+async def test_unacceptable_input_is_quarantined_with_a_reason(body: bytes, prefix: str) -> None:
+    assert rejection_reason(body)[1] is not None
+    publisher = FakePublisher()
+    never = Batcher(FlakyRecorder(0), Health())
+    await Ingestor(never, publisher).accept(body)
+    assert len(publisher.quarantined) == 1
+    assert publisher.quarantined[0][0] == body
+    assert publisher.quarantined[0][1].startswith(prefix)
+
+
+async def test_outbox_relay_publishes_then_marks_and_keeps_rows_when_the_broker_fails(parts) -> None:  # type: ignore[no-untyped-def]
+    tracker, log, store, clock = parts
+    await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n"),
+                          Failed(**env("j"), node_id="n", error_code="bad", retryable=False)])
+    publisher = FakePublisher()
+    relay = OutboxRelay(store, publisher, clock)
+    publisher.fail = True
+    with pytest.raises(PublishFailed):
+        await relay.drain_once()
+    assert len(await store.pending_outbox(10)) == 1
+    publisher.fail = False
+    assert await relay.drain_once() == 1
+    assert await store.pending_outbox(10) == []
+    assert publisher.published[0].routing_key == "jobtrail.dead"
+
+
+def test_broker_dead_letter_signals_map_reasons_and_are_idempotent() -> None:
+    body = json.dumps({"job_id": "j1", "attempt": 2, "payload": None}).encode()
+    headers = {"x-death": [{"reason": "expired", "queue": "jobtrail.work.p.sync", "count": 1}], "x-delivery-count": 3}
+    event, reason = broker_dead_letter(body, headers, T0)
+    again, _ = broker_dead_letter(body, headers, T0)
+    assert reason is None and event is not None and again is not None
+    assert (event.reason, event.source, event.attempt, event.event_id) == ("ttl", "broker", 2, again.event_id)
+    assert "x-delivery-count=3" in event.detail
+    limit = {"x-death": [{"reason": "delivery_limit", "queue": "q", "count": 1}]}
+    assert broker_dead_letter(body, limit, T0)[0].reason == "poison"  # type: ignore[union-attr]
+    assert broker_dead_letter(b"nope", headers, T0)[1].startswith("invalid_job_message")  # type: ignore[union-attr]
+    bad_id = json.dumps({"job_id": "a/b", "attempt": 1}).encode()
+    assert broker_dead_letter(bad_id, headers, T0)[0] is None
