@@ -30,7 +30,9 @@ def load_policy(settings: Settings) -> Policy:
         try:
             text = settings.policy_file.read_text()
         except OSError as exc:
-            raise ValueError(f"cannot read policy file {settings.policy_file}: {exc.strerror}") from exc
+            raise ValueError(
+                f"cannot read policy file {settings.policy_file}: {exc.strerror}"
+            ) from exc
     return Policy.from_toml(text)
 
 
@@ -48,7 +50,11 @@ class Readers:
 
 
 def open_readers(settings: Settings) -> Readers:
-    return Readers(open_event_log(settings.log_url), SqlProjectionStore(settings.sql_url), load_policy(settings))
+    return Readers(
+        open_event_log(settings.log_url),
+        SqlProjectionStore(settings.sql_url),
+        load_policy(settings),
+    )
 
 
 async def prepare_storage(settings: Settings) -> None:
@@ -109,7 +115,9 @@ def build_tracking(settings: Settings) -> Tracking:
     """Wire a tracker from settings (connects nothing until ``start``)."""
     readers = open_readers(settings)
     clock = SystemClock()
-    publisher = RabbitPublisher(settings.rabbit_url, max_priority=readers.policy.document.max_priority)
+    publisher = RabbitPublisher(
+        settings.rabbit_url, max_priority=readers.policy.document.max_priority
+    )
     health = Health()
     relay = OutboxRelay(readers.store, publisher, clock)
     tracker = Tracker(readers.log, readers.store, readers.policy, clock, on_outbox=relay.wake)

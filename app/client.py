@@ -37,7 +37,7 @@ def default_queue(pool: str, job_type: JobType | str) -> str:
 
 
 class JobtrailClient:
-    """Publishes events to ``jobtrail.events`` (persistent, confirmed, routing key ``job.<type>``)."""
+    """Publishes events to ``jobtrail.events``: persistent, confirmed, keyed ``job.<type>``."""
 
     def __init__(self, rabbit_url: str, source: str) -> None:
         self._url = rabbit_url
@@ -48,7 +48,9 @@ class JobtrailClient:
 
     async def __aenter__(self) -> JobtrailClient:
         self._connection = await aio_pika.connect_robust(self._url)
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
         self._exchange = await self._channel.declare_exchange(
             EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
         )
@@ -65,9 +67,11 @@ class JobtrailClient:
     async def publish_raw(self, body: bytes, routing_key: str, job_id: str | None = None) -> None:
         """Publish bytes as an event message (for tools and tests that send hostile input)."""
         assert self._exchange is not None, "use the client as an async context manager"
-        headers = {JOB_ID_HEADER: job_id} if job_id else {}
+        headers: dict[str, Any] = {JOB_ID_HEADER: job_id} if job_id else {}
         message = aio_pika.Message(
-            body, headers=headers, content_type="application/json",
+            body,
+            headers=headers,
+            content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         try:
@@ -92,26 +96,40 @@ class JobtrailClient:
         """Record the submission, then publish the job message to its work queue."""
         queue = queue or default_queue(pool, job_type)
         event = Submitted(
-            **self._envelope(job_id, 1), job_type=JobType(job_type), model=model,
-            priority=Priority(priority), tenant=tenant, pool=pool, queue=queue, payload=payload,
+            **self._envelope(job_id, 1),
+            job_type=JobType(job_type),
+            model=model,
+            priority=Priority(priority),
+            tenant=tenant,
+            pool=pool,
+            queue=queue,
+            payload=payload,
             **overrides,
         )
         await self.publish(event)
         assert self._channel is not None
-        await self._channel.declare_queue(queue, durable=True, arguments=work_queue_args(max_priority))
+        await self._channel.declare_queue(
+            queue, durable=True, arguments=work_queue_args(max_priority)
+        )
         body = json.dumps({"job_id": job_id, "attempt": 1, "payload": payload}).encode()
         await self._channel.default_exchange.publish(
             aio_pika.Message(
-                body, headers={"x-jobtrail-attempt": 1, JOB_ID_HEADER: job_id},
-                content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                body,
+                headers={"x-jobtrail-attempt": 1, JOB_ID_HEADER: job_id},
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 priority=PRIORITY_OF_CLASS[event.priority],
             ),
             routing_key=queue,
         )
         return event
 
-    async def reserved(self, job_id: str, attempt: int, node_id: str, lease_seconds: float | None = None) -> Reserved:
-        event = Reserved(**self._envelope(job_id, attempt), node_id=node_id, lease_seconds=lease_seconds)
+    async def reserved(
+        self, job_id: str, attempt: int, node_id: str, lease_seconds: float | None = None
+    ) -> Reserved:
+        event = Reserved(
+            **self._envelope(job_id, attempt), node_id=node_id, lease_seconds=lease_seconds
+        )
         await self.publish(event)
         return event
 
@@ -120,17 +138,31 @@ class JobtrailClient:
         await self.publish(event)
         return event
 
-    async def completed(self, job_id: str, attempt: int, node_id: str, duration_ms: int | None = None) -> Completed:
-        event = Completed(**self._envelope(job_id, attempt), node_id=node_id, duration_ms=duration_ms)
+    async def completed(
+        self, job_id: str, attempt: int, node_id: str, duration_ms: int | None = None
+    ) -> Completed:
+        event = Completed(
+            **self._envelope(job_id, attempt), node_id=node_id, duration_ms=duration_ms
+        )
         await self.publish(event)
         return event
 
     async def failed(
-        self, job_id: str, attempt: int, node_id: str, error_code: str, error_message: str = "", *, retryable: bool = True
+        self,
+        job_id: str,
+        attempt: int,
+        node_id: str,
+        error_code: str,
+        error_message: str = "",
+        *,
+        retryable: bool = True,
     ) -> Failed:
         event = Failed(
-            **self._envelope(job_id, attempt), node_id=node_id, error_code=error_code,
-            error_message=error_message, retryable=retryable,
+            **self._envelope(job_id, attempt),
+            node_id=node_id,
+            error_code=error_code,
+            error_message=error_message,
+            retryable=retryable,
         )
         await self.publish(event)
         return event

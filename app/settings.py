@@ -1,4 +1,4 @@
-"""Configuration from the environment (prefix ``JOBTRAIL_``); built by entrypoints, never at import."""
+"""Configuration from the environment (prefix ``JOBTRAIL_``), built by entrypoints only."""
 
 from __future__ import annotations
 

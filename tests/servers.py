@@ -25,7 +25,9 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get("JOBTRAIL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "JOBTRAIL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 RABBIT_URL = os.environ.get("JOBTRAIL_TEST_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBIT_API = os.environ.get("JOBTRAIL_TEST_RABBIT_API", "http://127.0.0.1:15672/api")
 RABBIT_API_AUTH = ("guest", "guest")
@@ -44,7 +46,7 @@ def wait_until(check: object, what: str, timeout: float = 30.0) -> None:
         try:
             if check():  # type: ignore[operator]
                 return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as exc:
             last = exc
         time.sleep(0.2)
     pytest.fail(f"{what} did not answer within {timeout:.0f}s (last error: {last!r})")
@@ -70,7 +72,9 @@ def mongo_server(storage: Path) -> Iterator[str]:
         return
     binary = Path(os.environ.get("JOBTRAIL_SECANTUSD", ROOT / ".venv-secantus/bin/secantusd-py"))
     if not binary.exists():
-        pytest.fail(f"SecantusDB not found at {binary}: run `make setup` (or set JOBTRAIL_TEST_MONGO_URL)")
+        pytest.fail(
+            f"SecantusDB not found at {binary}: run `make setup` (or set JOBTRAIL_TEST_MONGO_URL)"
+        )
     port = free_port()
     log = (storage / "secantusd.log").open("wb")
     proc = subprocess.Popen(

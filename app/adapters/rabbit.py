@@ -154,8 +154,9 @@ class RabbitPublisher:
 
     async def _open_channel(self) -> AbstractRobustChannel:
         assert self._connection is not None
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        return channel  # type: ignore[return-value]
+        return await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
 
 
 async def declare_topology(channel: aio_pika.abc.AbstractChannel) -> None:

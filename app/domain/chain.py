@@ -46,7 +46,9 @@ class RecordedEvent:
 def link_hash(job_id: str, seq: int, recorded_at: datetime, prev_hash: str, data: str) -> str:
     """SHA-256 over an unambiguous encoding of everything an entry asserts."""
     material = json.dumps(
-        [job_id, seq, as_utc(recorded_at), prev_hash, data], separators=(",", ":"), ensure_ascii=False
+        [job_id, seq, as_utc(recorded_at), prev_hash, data],
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return hashlib.sha256(material.encode()).hexdigest()
 
@@ -80,7 +82,10 @@ def _link_problem(job_id: str, entry: StoredEvent, expected_seq: int, prev: str)
         return f"seq {entry.seq} where {expected_seq} was expected"
     if entry.prev_hash != prev:
         return "prev_hash does not match the previous entry's hash"
-    if link_hash(entry.job_id, entry.seq, entry.recorded_at, entry.prev_hash, entry.data) != entry.hash:
+    if (
+        link_hash(entry.job_id, entry.seq, entry.recorded_at, entry.prev_hash, entry.data)
+        != entry.hash
+    ):
         return "hash does not match the entry's content"
     try:
         event = parse_event(entry.data)

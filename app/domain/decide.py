@@ -49,12 +49,18 @@ def jitter_factor(job_id: str, attempt: int, jitter: float) -> float:
     return 1.0 + jitter * (2.0 * unit - 1.0)
 
 
-def cooldown(retry: RetrySettings, failure_number: int, job_id: str, attempt: int, jitter: float) -> timedelta:
+def cooldown(
+    retry: RetrySettings, failure_number: int, job_id: str, attempt: int, jitter: float
+) -> timedelta:
     """initial × coefficient^(n−1), capped at the maximum, then jittered deterministically."""
     initial = retry.initial_interval.total_seconds()
     maximum = retry.maximum_interval.total_seconds()
     exponent = max(failure_number - 1, 0) * math.log(retry.backoff_coefficient)
-    capped = maximum if exponent > math.log(max(maximum, initial) / initial) else initial * math.exp(exponent)
+    capped = (
+        maximum
+        if exponent > math.log(max(maximum, initial) / initial)
+        else initial * math.exp(exponent)
+    )
     return timedelta(seconds=min(capped, maximum) * jitter_factor(job_id, attempt, jitter))
 
 
@@ -117,7 +123,11 @@ def _republish(
     attempt = state.attempt + 1
     fallback = rules.fallback_pools
     threshold = rules.reroute_after_failures
-    if threshold is not None and state.failures_on_pool >= threshold and state.fallback_index < len(fallback):
+    if (
+        threshold is not None
+        and state.failures_on_pool >= threshold
+        and state.fallback_index < len(fallback)
+    ):
         pool = fallback[state.fallback_index]
         return Rerouted(
             event_id=derived_event_id(state.job_id, "rerouted", attempt),

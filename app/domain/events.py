@@ -244,4 +244,3 @@ def canonical_json(event: JobEvent) -> str:
 def as_utc(moment: datetime) -> str:
     """ISO-8601 text of an aware instant in UTC with microseconds, used in hashes and storage."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-

@@ -153,7 +153,9 @@ def _node_report(
             return _failed(state, event, recorded)
 
 
-def _flag_unreserved(before: JobState, after: JobState | str, recorded: RecordedEvent) -> JobState | str:
+def _flag_unreserved(
+    before: JobState, after: JobState | str, recorded: RecordedEvent
+) -> JobState | str:
     """Accept a report that skipped the reservation or came after the lease ran out, but flag it."""
     if isinstance(after, str) or before.status is JobStatus.RESERVED:
         return after
@@ -229,7 +231,9 @@ def _republished(state: JobState, event: Retried | Rerouted | Redriven) -> JobSt
         cooling_since=None,
         terminal_reason=None,
         failures_on_pool=0 if new_pool else state.failures_on_pool,
-        fallback_index=state.fallback_index + 1 if isinstance(event, Rerouted) else state.fallback_index,
+        fallback_index=state.fallback_index + 1
+        if isinstance(event, Rerouted)
+        else state.fallback_index,
         redrive_base=event.attempt - 1 if isinstance(event, Redriven) else state.redrive_base,
     )
 
@@ -241,4 +245,6 @@ def _dead_lettered(state: JobState, event: DeadLettered) -> JobState | str:
 def _terminal_from_live(state: JobState, status: JobStatus, reason: str) -> JobState | str:
     if state.status is None or state.is_terminal:
         return f"{status} of a job that is not live"
-    return replace(state, status=status, terminal_reason=reason, lease_from=None, lease_seconds=None)
+    return replace(
+        state, status=status, terminal_reason=reason, lease_from=None, lease_seconds=None
+    )

@@ -1,7 +1,8 @@
 """Retry, lease, TTL, priority and reroute policy: defaults per (job type, priority class).
 
-A policy is parsed from TOML text (the file is read by the composition root, not here). Settings
-merge in this order, later winning: ``[defaults]``, ``[job_types.<type>]``, ``[priorities.<class>]``,
+A policy is parsed from TOML text (the composition root reads the file, not this module). Settings
+merge in this order, later winning: ``[defaults]``, ``[job_types.<type>]``,
+``[priorities.<class>]``,
 ``[profiles."<type>.<class>"]``, ``[pools.<pool>]`` (reroute rules), then the job's own overrides
 from its ``submitted`` event.
 """
@@ -95,7 +96,9 @@ BUILTIN = Section(
     rabbit_priority=5,
     non_retryable_errors=frozenset(),
     fallback_pools=(),
-    retry=RetrySection(initial_interval_seconds=10, backoff_coefficient=2, max_interval_seconds=600),
+    retry=RetrySection(
+        initial_interval_seconds=10, backoff_coefficient=2, max_interval_seconds=600
+    ),
 )
 
 
@@ -161,7 +164,9 @@ class Policy:
             ttl_seconds=spec.ttl_seconds,
             fallback_pools=spec.fallback_pools or None,
             reroute_after_failures=spec.reroute_after_failures,
-            retry=RetrySection.model_validate(spec.retry.model_dump()) if spec.retry else RetrySection(),
+            retry=RetrySection.model_validate(spec.retry.model_dump())
+            if spec.retry
+            else RetrySection(),
         )
         layer = _merge(layer, own)
         assert layer.max_attempts is not None and layer.rabbit_priority is not None
@@ -181,5 +186,5 @@ class Policy:
         )
 
     def queue_for(self, pool: str, job_type: JobType) -> str:
-        """The work queue of a pool for a job type: the policy's ``[queues]`` or the default name."""
+        """A pool's work queue for a job type: the policy's ``[queues]`` or the default name."""
         return self.document.queues.get(f"{pool}.{job_type}", f"jobtrail.work.{pool}.{job_type}")

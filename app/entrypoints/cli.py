@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, NoReturn
@@ -49,7 +49,7 @@ def _settings() -> Settings:
         _fail(f"invalid setting JOBTRAIL_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
 
 
-def _run(work: Callable[[], Awaitable[int]]) -> None:
+def _run(work: Callable[[], Coroutine[Any, Any, int]]) -> None:
     """Run a command's coroutine; turn expected failures into one line and an exit code."""
     try:
         code = asyncio.run(work())
@@ -86,7 +86,10 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stream.start()
-    log.info("jobtrail serving", extra={"rabbit": _redact(settings.rabbit_url), "mongo": settings.uses_mongo})
+    log.info(
+        "jobtrail serving",
+        extra={"rabbit": _redact(settings.rabbit_url), "mongo": settings.uses_mongo},
+    )
     await stop.wait()
     log.info("jobtrail stopping")
     await stream.stop()
@@ -181,7 +184,9 @@ async def _history(readers: Readers, job_id: str, as_json: bool) -> int:
         return 0
     for e in entries:
         extra = e.get("reason") or e.get("error_code") or e.get("node_id") or e.get("queue") or ""
-        typer.echo(f"{e['seq']:>4}  {e['recorded_at']}  {e['type']:<14} attempt {e['attempt']}  {extra}")
+        typer.echo(
+            f"{e['seq']:>4}  {e['recorded_at']}  {e['type']:<14} attempt {e['attempt']}  {extra}"
+        )
     return 0
 
 
@@ -213,7 +218,9 @@ async def _verify(readers: Readers, job: str | None) -> int:
     return 1 if broken else 0
 
 
-async def _single(job_id: str, entries: list[StoredEvent]) -> AsyncIterator[tuple[str, list[StoredEvent]]]:
+async def _single(
+    job_id: str, entries: list[StoredEvent]
+) -> AsyncIterator[tuple[str, list[StoredEvent]]]:
     yield job_id, entries
 
 

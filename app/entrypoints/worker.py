@@ -33,18 +33,18 @@ def create_app(tracking: Tracking) -> FastStream:
     settings = tracking.settings
     broker = RabbitBroker(settings.rabbit_url, logger=log, log_level=logging.DEBUG)
     events = RabbitExchange(rabbit.EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
-    tracker_queue = RabbitQueue(
+    tracker_queue = RabbitQueue(  # type: ignore[call-overload]
         rabbit.TRACKER_QUEUE,
         queue_type=QueueType.QUORUM,
         durable=True,
-        arguments=rabbit.TRACKER_QUEUE_ARGS,  # type: ignore[arg-type]
+        arguments=rabbit.TRACKER_QUEUE_ARGS,
         routing_key=rabbit.EVENTS_ROUTING,
     )
-    broker_dead = RabbitQueue(
+    broker_dead = RabbitQueue(  # type: ignore[call-overload]
         rabbit.BROKER_DEAD_QUEUE,
         queue_type=QueueType.QUORUM,
         durable=True,
-        arguments=rabbit.BROKER_DEAD_QUEUE_ARGS,  # type: ignore[arg-type]
+        arguments=rabbit.BROKER_DEAD_QUEUE_ARGS,
     )
 
     @broker.subscriber(
@@ -54,7 +54,7 @@ def create_app(tracking: Tracking) -> FastStream:
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=_raw_body,
         title="jobtrail.tracker",
-        description="Every lifecycle event, published to jobtrail.events with routing key job.<type>.",
+        description="Every lifecycle event, from jobtrail.events with routing key job.<type>.",
     )
     async def on_event(body: bytes) -> None:
         await tracking.ingestor.accept(body)

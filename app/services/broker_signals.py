@@ -58,7 +58,8 @@ def broker_dead_letter(
             detail=detail,
         )
     except ValidationError as exc:
-        return None, f"invalid_job_message: {exc.error_count()} invalid fields (job_id must match {JOB_ID_PATTERN})"
+        count = exc.error_count()
+        return None, f"invalid_job_message: {count} invalid fields (job_id: {JOB_ID_PATTERN})"
     return event, None
 
 

@@ -13,7 +13,17 @@ from datetime import datetime
 
 from app.domain.chain import RecordedEvent
 from app.domain.decide import next_deadline
-from app.domain.events import Completed, DeadLettered, Expired, Failed, Rerouted, Reserved, Retried, Redriven, Submitted
+from app.domain.events import (
+    Completed,
+    DeadLettered,
+    Expired,
+    Failed,
+    Redriven,
+    Rerouted,
+    Reserved,
+    Retried,
+    Submitted,
+)
 from app.domain.policy import Policy
 from app.domain.state import JobState
 from app.ports import AttemptRow, JobRow, OutboxMessage, ProjectionUpdate, TimerRow
@@ -101,7 +111,11 @@ def outbox_messages(
     messages = []
     for recorded in new_events:
         event = recorded.event
-        body: dict[str, object] = {"job_id": event.job_id, "attempt": event.attempt, "payload": payload}
+        body: dict[str, object] = {
+            "job_id": event.job_id,
+            "attempt": event.attempt,
+            "payload": payload,
+        }
         headers: dict[str, str | int] = {
             ATTEMPT_HEADER: event.attempt,
             JOB_ID_HEADER: event.job_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -65,10 +66,8 @@ class OutboxRelay:
                 continue
             if sent == 0:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_wait)
-                except TimeoutError:
-                    pass
 
     async def drain_once(self) -> int:
         """Publish one batch of pending messages; returns how many were published."""

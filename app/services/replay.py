@@ -34,6 +34,8 @@ def replay_decisions(events: Sequence[RecordedEvent], policy: Policy) -> list[Di
             again = decide(state, event.occurred_at, policy)
             replayed = canonical_json(again[0]) if again else "(nothing)"
             if replayed != canonical_json(event):
-                divergences.append(Divergence(event.job_id, recorded.seq, canonical_json(event), replayed))
+                divergences.append(
+                    Divergence(event.job_id, recorded.seq, canonical_json(event), replayed)
+                )
         state = fold([recorded], state, skew)
     return divergences

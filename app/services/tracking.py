@@ -69,7 +69,9 @@ class Tracker:
             await self.settle([t.job_id for t in due], now)
         return len(due)
 
-    async def _settle_one(self, job_id: str, now: datetime, projected: int) -> ProjectionUpdate | None:
+    async def _settle_one(
+        self, job_id: str, now: datetime, projected: int
+    ) -> ProjectionUpdate | None:
         events = await self.log.read_job(job_id)
         if not events:
             return None

@@ -11,7 +11,9 @@ from tests.e2e.harness import Tracker, tracker_env
 
 
 @pytest.fixture(scope="module")
-def stack(mongo_base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def stack(
+    mongo_base_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """A running tracker on the production path: MongoDB-speaking log, PostgreSQL projections."""
     workdir = tmp_path_factory.mktemp("tracker")
     mongo = servers.mongo_database_url(mongo_base_url, f"jt_{uuid.uuid4().hex[:12]}")

@@ -53,8 +53,11 @@ class Tracker:
         self._log = logfile
         with logfile.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve"], cwd=self.workdir, env=self.env,
-                stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "app", "serve"],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -63,7 +66,9 @@ class Tracker:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.1)
-        raise AssertionError(f"tracker did not start:\n{logfile.read_text(errors='replace')[-4000:]}")
+        raise AssertionError(
+            f"tracker did not start:\n{logfile.read_text(errors='replace')[-4000:]}"
+        )
 
     def log_text(self) -> str:
         return self._log.read_text(errors="replace")
@@ -103,7 +108,9 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
 
-def publish(rabbit_url: str, *actions: Callable[[JobtrailClient], Coroutine[Any, Any, Any]]) -> list[Any]:
+def publish(
+    rabbit_url: str, *actions: Callable[[JobtrailClient], Coroutine[Any, Any, Any]]
+) -> list[Any]:
     async def go() -> list[Any]:
         async with JobtrailClient(rabbit_url, source="cloud") as client:
             return [await action(client) for action in actions]
@@ -114,7 +121,9 @@ def publish(rabbit_url: str, *actions: Callable[[JobtrailClient], Coroutine[Any,
 def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
     """Run a ``jobtrail`` command in-process with the tracker's environment."""
     runner = CliRunner()
-    result = runner.invoke(cli_app, list(args), env={k: v for k, v in env.items() if k.startswith("JOBTRAIL_")})
+    result = runner.invoke(
+        cli_app, list(args), env={k: v for k, v in env.items() if k.startswith("JOBTRAIL_")}
+    )
     return result.exit_code, result.output
 
 
@@ -143,7 +152,9 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-def wait_status(env: dict[str, str], job_id: str, wanted: str, timeout: float = 30.0) -> dict[str, Any]:
+def wait_status(
+    env: dict[str, str], job_id: str, wanted: str, timeout: float = 30.0
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         row = status(env, job_id)
         return row if row and row["status"] == wanted else None
@@ -151,7 +162,9 @@ def wait_status(env: dict[str, str], job_id: str, wanted: str, timeout: float = 
     return wait_for(check, f"{job_id} to be {wanted} (now {status(env, job_id)})", timeout)  # type: ignore[no-any-return]
 
 
-def get_messages(rabbit_url: str, queue: str, *, max_count: int = 100, wait: float = 0.5) -> list[aio_pika.abc.AbstractIncomingMessage]:
+def get_messages(
+    rabbit_url: str, queue: str, *, max_count: int = 100, wait: float = 0.5
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """Take (and ack) every message currently in ``queue``."""
 
     async def go() -> list[aio_pika.abc.AbstractIncomingMessage]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -24,7 +24,6 @@ from tests import servers
 from tests.e2e.harness import TEST_POLICY, Tracker, cli, new_job_id, publish, wait_for, wait_status
 
 
-
 def _stream(jobs: int) -> list[JobEvent]:
     """Per job: submitted, reserved, then completed — or a non-retryable failure for every 7th."""
     events: list[JobEvent] = []
@@ -32,13 +31,32 @@ def _stream(jobs: int) -> list[JobEvent]:
     for n in range(jobs):
         job = f"crash-{n:04d}"
         env = {"job_id": job, "occurred_at": now, "source": "load"}
-        events.append(Submitted(event_id=uuid.uuid4(), attempt=1, job_type="batch", model="m",
-                                priority="bulk", tenant="t", pool="p", queue="jobtrail.work.p.batch",
-                                payload={"n": n}, **env))
+        events.append(
+            Submitted(
+                event_id=uuid.uuid4(),
+                attempt=1,
+                job_type="batch",
+                model="m",
+                priority="bulk",
+                tenant="t",
+                pool="p",
+                queue="jobtrail.work.p.batch",
+                payload={"n": n},
+                **env,
+            )
+        )
         events.append(Reserved(event_id=uuid.uuid4(), attempt=1, node_id="n1", **env))
         if n % 7 == 0:
-            events.append(Failed(event_id=uuid.uuid4(), attempt=1, node_id="n1", error_code="bad",
-                                 retryable=False, **env))
+            events.append(
+                Failed(
+                    event_id=uuid.uuid4(),
+                    attempt=1,
+                    node_id="n1",
+                    error_code="bad",
+                    retryable=False,
+                    **env,
+                )
+            )
         else:
             events.append(Completed(event_id=uuid.uuid4(), attempt=1, node_id="n1", **env))
     return events
@@ -108,9 +126,18 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(fresh_stack: Tracker) -
     time.sleep(0.5)
     fresh_stack.kill()  # and once more, while catching up
     fresh_stack.start()
-    wait_for(lambda: _queue_idle(rabbit, "jobtrail.tracker"), "the tracker queue to drain", timeout=120)
+    wait_for(
+        lambda: _queue_idle(rabbit, "jobtrail.tracker"), "the tracker queue to drain", timeout=120
+    )
     counts = asyncio.run(_check_log_and_projection(env, published))
-    assert counts == {"lost": 0, "duplicated": 0, "gaps": 0, "mismatched": 0, "anomalies": 0, "jobs": 300}
+    assert counts == {
+        "lost": 0,
+        "duplicated": 0,
+        "gaps": 0,
+        "mismatched": 0,
+        "anomalies": 0,
+        "jobs": 300,
+    }
     code, out = cli(env, "verify")
     assert code == 0, out
     assert "BROKEN" not in out
@@ -167,7 +194,9 @@ def test_embedded_defaults_track_a_job_and_say_so_loudly(embedded: Tracker) -> N
     }
     publish(
         env["JOBTRAIL_RABBIT_URL"],
-        lambda c: c.submit(job, job_type="stream", model="m", priority="test", tenant="t", pool="p"),
+        lambda c: c.submit(
+            job, job_type="stream", model="m", priority="test", tenant="t", pool="p"
+        ),
         lambda c: c.reserved(job, 1, "n1"),
         lambda c: c.completed(job, 1, "n1"),
     )

@@ -17,12 +17,20 @@ from tests.e2e.harness import (
     wait_status,
 )
 
-SUBMIT = {"job_type": "sync", "model": "llama-3-8b", "priority": "urgent", "tenant": "acme", "pool": "gpu-a"}
+SUBMIT = {
+    "job_type": "sync",
+    "model": "llama-3-8b",
+    "priority": "urgent",
+    "tenant": "acme",
+    "pool": "gpu-a",
+}
 
 
 def submit(env: dict[str, str], job_id: str, **overrides: object) -> None:
     fields = SUBMIT | overrides
-    publish(env["JOBTRAIL_RABBIT_URL"], lambda c: c.submit(job_id, payload={"prompt": "hi"}, **fields))
+    publish(
+        env["JOBTRAIL_RABBIT_URL"], lambda c: c.submit(job_id, payload={"prompt": "hi"}, **fields)
+    )
     wait_for(lambda: status(env, job_id), f"{job_id} to be recorded")
 
 
@@ -46,7 +54,11 @@ def test_retryable_failure_cools_down_then_retries_and_completes(stack: dict[str
     submit(stack, job, pool=f"retry-{job}", retry={"initial_interval_seconds": 2.0})
     first = get_messages(rabbit, queue, wait=1.0)
     assert [json.loads(m.body)["attempt"] for m in first] == [1]
-    publish(rabbit, lambda c: c.reserved(job, 1, "node-1"), lambda c: c.failed(job, 1, "node-1", "oom", "out of memory"))
+    publish(
+        rabbit,
+        lambda c: c.reserved(job, 1, "node-1"),
+        lambda c: c.failed(job, 1, "node-1", "oom", "out of memory"),
+    )
     row = wait_status(stack, job, "cooling_down")
     assert row["last_error_code"] == "oom"
     cooldown_ends = datetime.fromisoformat(row["next_deadline_at"])
@@ -55,7 +67,9 @@ def test_retryable_failure_cools_down_then_retries_and_completes(stack: dict[str
     assert retried["attempt"] == 2
     events = history(stack, job)
     retry_event = next(e for e in events if e["type"] == "retried")
-    assert datetime.fromisoformat(retry_event["recorded_at"]) >= cooldown_ends  # not before the cooldown
+    assert (
+        datetime.fromisoformat(retry_event["recorded_at"]) >= cooldown_ends
+    )  # not before the cooldown
     republished = wait_for(lambda: get_messages(rabbit, queue), "the retried job message")
     body = json.loads(republished[0].body)
     assert body == {"job_id": job, "attempt": 2, "payload": {"prompt": "hi"}}
@@ -70,7 +84,9 @@ def test_lease_running_out_expires_and_retries(stack: dict[str, str]) -> None:
     job = new_job_id()
     submit(stack, job)
     publish(rabbit, lambda c: c.reserved(job, 1, "slow-node", lease_seconds=1.0))
-    wait_for(lambda: (status(stack, job) or {}).get("attempt") == 2, "the retry after the lease", 20)
+    wait_for(
+        lambda: (status(stack, job) or {}).get("attempt") == 2, "the retry after the lease", 20
+    )
     types = [(e["type"], e.get("reason")) for e in history(stack, job)]
     assert ("expired", "lease") in types
     assert types[-1] == ("retried", None)
@@ -81,13 +97,19 @@ def test_retries_exhausted_dead_letters_into_jobtrail_dead(stack: dict[str, str]
     rabbit = stack["JOBTRAIL_RABBIT_URL"]
     job = new_job_id()
     submit(stack, job, max_attempts=2, retry={"initial_interval_seconds": 0.2})
-    publish(rabbit, lambda c: c.reserved(job, 1, "n1"), lambda c: c.failed(job, 1, "n1", "cuda_error"))
+    publish(
+        rabbit, lambda c: c.reserved(job, 1, "n1"), lambda c: c.failed(job, 1, "n1", "cuda_error")
+    )
     wait_for(lambda: (status(stack, job) or {}).get("attempt") == 2, "attempt 2")
-    publish(rabbit, lambda c: c.reserved(job, 2, "n1"), lambda c: c.failed(job, 2, "n1", "cuda_error"))
+    publish(
+        rabbit, lambda c: c.reserved(job, 2, "n1"), lambda c: c.failed(job, 2, "n1", "cuda_error")
+    )
     row = wait_status(stack, job, "dead_lettered")
     assert row["terminal_reason"] == "retries_exhausted"
     dead = wait_for(
-        lambda: [m for m in get_messages(rabbit, "jobtrail.dead") if json.loads(m.body)["job_id"] == job],
+        lambda: [
+            m for m in get_messages(rabbit, "jobtrail.dead") if json.loads(m.body)["job_id"] == job
+        ],
         "the job in jobtrail.dead",
     )
     assert json.loads(dead[0].body)["reason"] == "retries_exhausted"
@@ -98,7 +120,11 @@ def test_non_retryable_failure_dead_letters_at_once(stack: dict[str, str]) -> No
     rabbit = stack["JOBTRAIL_RABBIT_URL"]
     job = new_job_id()
     submit(stack, job, max_attempts=5)
-    publish(rabbit, lambda c: c.reserved(job, 1, "n1"), lambda c: c.failed(job, 1, "n1", "bad_prompt", retryable=False))
+    publish(
+        rabbit,
+        lambda c: c.reserved(job, 1, "n1"),
+        lambda c: c.failed(job, 1, "n1", "bad_prompt", retryable=False),
+    )
     row = wait_status(stack, job, "dead_lettered")
     assert (row["terminal_reason"], row["attempt"]) == ("non_retryable", 1)
 
@@ -115,10 +141,18 @@ def test_repeated_failures_reroute_to_the_fallback_pool(stack: dict[str, str]) -
     rabbit = stack["JOBTRAIL_RABBIT_URL"]
     job = new_job_id()
     submit(stack, job, pool="flaky", retry={"initial_interval_seconds": 0.2})
-    publish(rabbit, lambda c: c.reserved(job, 1, "n1"), lambda c: c.failed(job, 1, "n1", "node_lost"))
+    publish(
+        rabbit, lambda c: c.reserved(job, 1, "n1"), lambda c: c.failed(job, 1, "n1", "node_lost")
+    )
     row = wait_for(lambda: (s := status(stack, job)) and s["attempt"] == 2 and s, "the reroute")
-    assert (row["pool"], row["queue"], row["status"]) == ("steady", "jobtrail.work.steady.sync", "queued")
-    moved = wait_for(lambda: get_messages(rabbit, "jobtrail.work.steady.sync"), "the rerouted job message")
+    assert (row["pool"], row["queue"], row["status"]) == (
+        "steady",
+        "jobtrail.work.steady.sync",
+        "queued",
+    )
+    moved = wait_for(
+        lambda: get_messages(rabbit, "jobtrail.work.steady.sync"), "the rerouted job message"
+    )
     assert json.loads(moved[0].body)["job_id"] == job
     rerouted = [e for e in history(stack, job) if e["type"] == "rerouted"]
     assert (rerouted[0]["from_pool"], rerouted[0]["pool"]) == ("flaky", "steady")
@@ -139,31 +173,56 @@ def test_the_same_event_sent_twice_is_recorded_once(stack: dict[str, str]) -> No
     assert [e["type"] for e in history(stack, job)] == ["submitted", "reserved", "completed"]
 
 
-def test_bad_input_is_quarantined_with_its_reason_and_tracking_goes_on(stack: dict[str, str]) -> None:
+def test_bad_input_is_quarantined_with_its_reason_and_tracking_goes_on(
+    stack: dict[str, str],
+) -> None:
     rabbit = stack["JOBTRAIL_RABBIT_URL"]
     job = new_job_id()
-    unknown_type = json.dumps({"type": "exploded", "event_id": "7e0c1a9e-0000-4000-8000-000000000001",
-                               "job_id": job, "occurred_at": "2026-11-27T10:00:00Z", "attempt": 1, "source": "n1"})
-    missing_field = json.dumps({"type": "failed", "event_id": "7e0c1a9e-0000-4000-8000-000000000002",
-                                "job_id": job, "occurred_at": "2026-11-27T10:00:00Z", "attempt": 1, "source": "n1",
-                                "node_id": "n1", "error_code": "x"})
+    unknown_type = json.dumps(
+        {
+            "type": "exploded",
+            "event_id": "7e0c1a9e-0000-4000-8000-000000000001",
+            "job_id": job,
+            "occurred_at": "2026-11-27T10:00:00Z",
+            "attempt": 1,
+            "source": "n1",
+        }
+    )
+    missing_field = json.dumps(
+        {
+            "type": "failed",
+            "event_id": "7e0c1a9e-0000-4000-8000-000000000002",
+            "job_id": job,
+            "occurred_at": "2026-11-27T10:00:00Z",
+            "attempt": 1,
+            "source": "n1",
+            "node_id": "n1",
+            "error_code": "x",
+        }
+    )
     publish(
         rabbit,
         lambda c: c.publish_raw(b'{"type": "submitted", ', "job.submitted"),
         lambda c: c.publish_raw(unknown_type.encode(), "job.exploded"),
         lambda c: c.publish_raw(missing_field.encode(), "job.failed"),
     )
-    parked = wait_for(lambda: get_messages(rabbit, "jobtrail.quarantine", wait=1.0), "quarantined messages")
+    parked = wait_for(
+        lambda: get_messages(rabbit, "jobtrail.quarantine", wait=1.0), "quarantined messages"
+    )
     reasons = sorted(m.headers["x-jobtrail-reason"] for m in parked)
     assert len(reasons) == 3, reasons
     assert sum(r.startswith("invalid_json:") for r in reasons) == 1
     assert any(r.startswith("invalid_event:") and "exploded" in r for r in reasons), reasons
-    assert any(r.startswith("invalid_event:") and "retryable: Field required" in r for r in reasons), reasons
+    assert any(
+        r.startswith("invalid_event:") and "retryable: Field required" in r for r in reasons
+    ), reasons
     submit(stack, job)  # still tracking
     assert status(stack, job)["status"] == "queued"  # type: ignore[index]
 
 
-def test_events_for_an_unknown_job_or_a_stale_attempt_are_recorded_and_flagged(stack: dict[str, str]) -> None:
+def test_events_for_an_unknown_job_or_a_stale_attempt_are_recorded_and_flagged(
+    stack: dict[str, str],
+) -> None:
     rabbit = stack["JOBTRAIL_RABBIT_URL"]
     ghost = new_job_id("ghost")
     publish(rabbit, lambda c: c.completed(ghost, 1, "n9"))

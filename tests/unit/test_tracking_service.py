@@ -12,7 +12,7 @@ import pytest
 
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_store import InMemoryProjectionStore
-from app.domain.events import Completed, Failed, JobEvent, Reserved, Submitted
+from app.domain.events import Failed, JobEvent, Reserved, Submitted
 from app.domain.policy import Policy
 from app.ports import LogUnavailable, OutboxMessage, PublishFailed
 from app.services.broker_signals import broker_dead_letter
@@ -61,12 +61,26 @@ class FakePublisher:
 
 
 def env(job: str, attempt: int = 1) -> dict[str, object]:
-    return {"event_id": uuid.uuid4(), "job_id": job, "occurred_at": T0, "attempt": attempt, "source": "t"}
+    return {
+        "event_id": uuid.uuid4(),
+        "job_id": job,
+        "occurred_at": T0,
+        "attempt": attempt,
+        "source": "t",
+    }
 
 
 def submitted(job: str) -> Submitted:
-    return Submitted(**env(job), job_type="batch", model="m", priority="bulk", tenant="t", pool="p",
-                     queue="q", payload={"k": 1})
+    return Submitted(
+        **env(job),
+        job_type="batch",
+        model="m",
+        priority="bulk",
+        tenant="t",
+        pool="p",
+        queue="q",
+        payload={"k": 1},
+    )
 
 
 @pytest.fixture
@@ -77,8 +91,13 @@ def parts() -> tuple[Tracker, InMemoryEventLog, InMemoryProjectionStore, FakeClo
 
 async def test_failure_then_timer_retries_after_cooldown_and_owes_a_republish(parts) -> None:  # type: ignore[no-untyped-def]
     tracker, log, store, clock = parts
-    await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n"),
-                          Failed(**env("j"), node_id="n", error_code="oom", retryable=True)])
+    await tracker.record(
+        [
+            submitted("j"),
+            Reserved(**env("j"), node_id="n"),
+            Failed(**env("j"), node_id="n", error_code="oom", retryable=True),
+        ]
+    )
     row = await store.get_job("j")
     assert row is not None and row.status == "cooling_down" and row.deadline_kind == "cooldown"
     assert row.next_deadline_at is not None
@@ -89,7 +108,10 @@ async def test_failure_then_timer_retries_after_cooldown_and_owes_a_republish(pa
     row = await store.get_job("j")
     assert row is not None and (row.status, row.attempt) == ("queued", 2)
     [message] = await store.pending_outbox(10)
-    assert (message.routing_key, json.loads(message.body)) == ("q", {"job_id": "j", "attempt": 2, "payload": {"k": 1}})
+    assert (message.routing_key, json.loads(message.body)) == (
+        "q",
+        {"job_id": "j", "attempt": 2, "payload": {"k": 1}},
+    )
     assert message.headers["x-jobtrail-attempt"] == 2
 
 
@@ -100,11 +122,22 @@ async def test_projection_equals_a_fresh_fold_and_decisions_replay(parts) -> Non
     await tracker.fire_due_timers()
     clock.at += timedelta(minutes=5)  # cooldown over: retried
     await tracker.fire_due_timers()
-    await tracker.record([Reserved(**env("j", 2), node_id="n"),
-                          Failed(**env("j", 2), node_id="n", error_code="x", retryable=True)])
+    await tracker.record(
+        [
+            Reserved(**env("j", 2), node_id="n"),
+            Failed(**env("j", 2), node_id="n", error_code="x", retryable=True),
+        ]
+    )
     events = await log.read_job("j")
     assert [e.event.type for e in events] == [
-        "submitted", "reserved", "expired", "retried", "reserved", "failed", "dead_lettered"]
+        "submitted",
+        "reserved",
+        "expired",
+        "retried",
+        "reserved",
+        "failed",
+        "dead_lettered",
+    ]
     state = fold_history(events, POLICY)
     assert await store.get_job("j") == job_row(state, POLICY)
     assert replay_decisions(events, POLICY) == []
@@ -114,8 +147,13 @@ async def test_projection_equals_a_fresh_fold_and_decisions_replay(parts) -> Non
 
 async def test_a_second_settle_of_the_same_decision_stores_it_once(parts) -> None:  # type: ignore[no-untyped-def]
     tracker, log, store, clock = parts
-    await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n"),
-                          Failed(**env("j"), node_id="n", error_code="bad", retryable=False)])
+    await tracker.record(
+        [
+            submitted("j"),
+            Reserved(**env("j"), node_id="n"),
+            Failed(**env("j"), node_id="n", error_code="bad", retryable=False),
+        ]
+    )
     before = await log.count()
     await tracker.settle(["j"])
     await tracker.record([Failed(**env("j"), node_id="n", error_code="bad", retryable=False)])
@@ -169,9 +207,20 @@ async def test_batcher_keeps_arrival_order_within_and_across_batches() -> None:
         (b"\xff\xfe", "invalid_utf8:"),
         (b'{"type": ', "invalid_json:"),
         (b'{"type": "submitted"}', "invalid_event:"),
-        (json.dumps({"type": "completed", "event_id": str(uuid.uuid4()), "job_id": {"$gt": ""},
-                     "occurred_at": "2026-11-27T10:00:00Z", "attempt": 1, "source": "n", "node_id": "n"}).encode(),
-         "invalid_event: completed.job_id"),
+        (
+            json.dumps(
+                {
+                    "type": "completed",
+                    "event_id": str(uuid.uuid4()),
+                    "job_id": {"$gt": ""},
+                    "occurred_at": "2026-11-27T10:00:00Z",
+                    "attempt": 1,
+                    "source": "n",
+                    "node_id": "n",
+                }
+            ).encode(),
+            "invalid_event: completed.job_id",
+        ),
     ],
 )
 async def test_unacceptable_input_is_quarantined_with_a_reason(body: bytes, prefix: str) -> None:
@@ -184,10 +233,17 @@ async def test_unacceptable_input_is_quarantined_with_a_reason(body: bytes, pref
     assert publisher.quarantined[0][1].startswith(prefix)
 
 
-async def test_outbox_relay_publishes_then_marks_and_keeps_rows_when_the_broker_fails(parts) -> None:  # type: ignore[no-untyped-def]
+async def test_outbox_relay_publishes_then_marks_and_keeps_rows_when_the_broker_fails(
+    parts,
+) -> None:  # type: ignore[no-untyped-def]
     tracker, log, store, clock = parts
-    await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n"),
-                          Failed(**env("j"), node_id="n", error_code="bad", retryable=False)])
+    await tracker.record(
+        [
+            submitted("j"),
+            Reserved(**env("j"), node_id="n"),
+            Failed(**env("j"), node_id="n", error_code="bad", retryable=False),
+        ]
+    )
     publisher = FakePublisher()
     relay = OutboxRelay(store, publisher, clock)
     publisher.fail = True
@@ -202,11 +258,19 @@ async def test_outbox_relay_publishes_then_marks_and_keeps_rows_when_the_broker_
 
 def test_broker_dead_letter_signals_map_reasons_and_are_idempotent() -> None:
     body = json.dumps({"job_id": "j1", "attempt": 2, "payload": None}).encode()
-    headers = {"x-death": [{"reason": "expired", "queue": "jobtrail.work.p.sync", "count": 1}], "x-delivery-count": 3}
+    headers = {
+        "x-death": [{"reason": "expired", "queue": "jobtrail.work.p.sync", "count": 1}],
+        "x-delivery-count": 3,
+    }
     event, reason = broker_dead_letter(body, headers, T0)
     again, _ = broker_dead_letter(body, headers, T0)
     assert reason is None and event is not None and again is not None
-    assert (event.reason, event.source, event.attempt, event.event_id) == ("ttl", "broker", 2, again.event_id)
+    assert (event.reason, event.source, event.attempt, event.event_id) == (
+        "ttl",
+        "broker",
+        2,
+        again.event_id,
+    )
     assert "x-delivery-count=3" in event.detail
     limit = {"x-death": [{"reason": "delivery_limit", "queue": "q", "count": 1}]}
     assert broker_dead_letter(body, limit, T0)[0].reason == "poison"  # type: ignore[union-attr]
