@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.domain.events import JobType, Priority
 from app.domain.state import JobSpec
@@ -129,7 +129,13 @@ class Policy:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"policy is not valid TOML: {exc}") from exc
-        return cls(PolicyFile.model_validate(raw))
+        try:
+            return cls(PolicyFile.model_validate(raw))
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "policy"
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise ValueError(f"invalid policy: {where}: {first['msg']}{more}") from exc
 
     @classmethod
     def default(cls) -> Policy:

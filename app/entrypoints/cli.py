@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from app.bootstrap import Readers, build_tracking, open_readers, prepare_storage
 from app.domain.chain import RecordedEvent, StoredEvent, verify_chain
+from app.domain.events import JOB_ID_PATTERN
 from app.entrypoints import logs
 from app.ports import JobRow, PublishFailed, StoreUnavailable
 from app.services.projection import job_row
@@ -32,7 +34,17 @@ app = typer.Typer(
 )
 log = logging.getLogger("jobtrail")
 
-JobIdArg = Annotated[str, typer.Argument(help="The job's id.")]
+# Typer vendors click; its UsageError is public only as the base class of typer.BadParameter.
+_USAGE_ERROR: type[Any] = typer.BadParameter.__bases__[0]
+
+
+def _job_id(value: str) -> str:
+    if not re.fullmatch(JOB_ID_PATTERN, value):
+        raise typer.BadParameter(f"{value[:60]!r} is not a job id (1-200 of A-Z a-z 0-9 . _ : -)")
+    return value
+
+
+JobIdArg = Annotated[str, typer.Argument(help="The job's id.", callback=_job_id)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on standard output.")]
 
 
@@ -239,8 +251,15 @@ async def _chains(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors are one line on standard error, exit code 2."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(prog_name="jobtrail", standalone_mode=False)
+    except _USAGE_ERROR as exc:
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "jobtrail"
+        if message := exc.format_message():  # empty when the help was already shown
+            typer.echo(f"jobtrail: {message} (see '{command} --help')", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

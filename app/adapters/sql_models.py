@@ -1,0 +1,159 @@
+"""SQL tables of the projections: jobs, attempts, outbox, timers and checkpoints.
+
+The schema itself is created by the Alembic migrations in ``migrations/``; these tables are what
+the store queries and what autogenerate compares the migrated database against.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+projection_metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+ID_LENGTH = 200
+NAME_LENGTH = 200
+KIND_LENGTH = 64
+
+# Ids compare in byte order ("C") on PostgreSQL, so they sort as on SQLite and in Python.
+Identifier = String(ID_LENGTH).with_variant(String(ID_LENGTH, collation="C"), "postgresql")
+
+
+def as_aware_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime stored in UTC and always read back aware (SQLite keeps none)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_aware_utc(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_aware_utc(value)
+
+
+def _name(column: str, *, nullable: bool = True, length: int = NAME_LENGTH) -> Column[str]:
+    return Column(column, String(length), nullable=nullable)
+
+
+def _at(column: str, *, nullable: bool = True) -> Column[datetime]:
+    return Column(column, UtcDateTime(), nullable=nullable)
+
+
+jobs = Table(
+    "jobs",
+    projection_metadata,
+    Column("job_id", Identifier, primary_key=True),
+    _name("status", length=KIND_LENGTH),
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=True),
+    _name("job_type", length=KIND_LENGTH),
+    _name("model"),
+    _name("priority", length=KIND_LENGTH),
+    _name("tenant"),
+    _name("pool"),
+    _name("queue"),
+    _name("node_id"),
+    _name("last_error_code"),
+    Column("last_error_message", Text, nullable=True),
+    Column("terminal_reason", Text, nullable=True),
+    _at("next_deadline_at"),
+    _name("deadline_kind", length=KIND_LENGTH),
+    Column("anomalies", Integer, nullable=False),
+    Column("last_seq", Integer, nullable=False),
+    _at("submitted_at"),
+    _at("updated_at"),
+    Index("ix_jobs_status_updated_at", "status", "updated_at"),
+    Index("ix_jobs_pool_status", "pool", "status"),
+    Index("ix_jobs_tenant_status", "tenant", "status"),
+    Index("ix_jobs_model_status", "model", "status"),
+    Index("ix_jobs_queue_status", "queue", "status"),
+    Index("ix_jobs_priority_status", "priority", "status"),
+    Index("ix_jobs_job_type_status", "job_type", "status"),
+    Index("ix_jobs_updated_at", "updated_at"),
+)
+
+attempts = Table(
+    "attempts",
+    projection_metadata,
+    Column("job_id", Identifier, primary_key=True),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    _name("pool"),
+    _name("queue"),
+    _name("node_id"),
+    _at("reserved_at"),
+    _at("ended_at"),
+    _name("outcome", length=KIND_LENGTH),
+    _name("error_code"),
+)
+
+outbox = Table(
+    "outbox",
+    projection_metadata,
+    Column("event_id", Identifier, primary_key=True),
+    Column("job_id", Identifier, nullable=False),
+    _name("exchange", nullable=False, length=255),
+    _name("routing_key", nullable=False, length=255),
+    Column("body", LargeBinary, nullable=False),
+    Column("headers", JSON(none_as_null=True), nullable=False),
+    Column("priority", Integer, nullable=True),
+    _at("created_at", nullable=False),
+    _at("published_at"),
+)
+
+# Only unpublished rows are ever scanned, so the index holds only those.
+_unpublished = outbox.c.published_at.is_(None)
+Index(
+    "ix_outbox_unpublished",
+    outbox.c.created_at,
+    outbox.c.event_id,
+    postgresql_where=_unpublished,
+    sqlite_where=_unpublished,
+)
+
+timers = Table(
+    "timers",
+    projection_metadata,
+    Column("job_id", Identifier, primary_key=True),
+    _at("due_at", nullable=False),
+    _name("kind", nullable=False, length=KIND_LENGTH),
+    Index("ix_timers_due_at", "due_at"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    projection_metadata,
+    Column("name", String(NAME_LENGTH), primary_key=True),
+    Column("value", Text, nullable=False),
+    _at("updated_at", nullable=False),
+)
