@@ -5,79 +5,42 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from app.bootstrap import Readers, build_tracking, open_readers, prepare_storage
+from app.bootstrap import Readers, build_tracking, prepare_storage
 from app.domain.chain import RecordedEvent, StoredEvent, verify_chain
-from app.domain.events import JOB_ID_PATTERN
 from app.entrypoints import logs
-from app.ports import JobRow, PublishFailed, StoreUnavailable
+from app.entrypoints.cli_common import (
+    USAGE_ERROR,
+    JobIdArg,
+    JsonOpt,
+    app,
+    fail,
+    load_settings,
+    run,
+    with_readers,
+)
+from app.ports import JobRow
 from app.services.projection import job_row
 from app.services.tracking import fold_history
 from app.settings import Settings
 
-app = typer.Typer(
-    name="jobtrail",
-    help="Event-sourced job-state tracker for RabbitMQ job queues.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 log = logging.getLogger("jobtrail")
-
-# Typer vendors click; its UsageError is public only as the base class of typer.BadParameter.
-_USAGE_ERROR: type[Any] = typer.BadParameter.__bases__[0]
-
-
-def _job_id(value: str) -> str:
-    if not re.fullmatch(JOB_ID_PATTERN, value):
-        raise typer.BadParameter(f"{value[:60]!r} is not a job id (1-200 of A-Z a-z 0-9 . _ : -)")
-    return value
-
-
-JobIdArg = Annotated[str, typer.Argument(help="The job's id.", callback=_job_id)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on standard output.")]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"jobtrail: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        _fail(f"invalid setting JOBTRAIL_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
-
-
-def _run(work: Callable[[], Coroutine[Any, Any, int]]) -> None:
-    """Run a command's coroutine; turn expected failures into one line and an exit code."""
-    try:
-        code = asyncio.run(work())
-    except (StoreUnavailable, PublishFailed) as exc:
-        _fail(str(exc) or exc.__class__.__name__, 3)
-    except ValueError as exc:
-        _fail(str(exc), 2)
-    raise typer.Exit(code)
 
 
 @app.command()
 def serve() -> None:
     """Run the tracker: migrations, subscribers, timers and the outbox relay, until SIGTERM."""
-    settings = _settings()
+    settings = load_settings()
     logs.configure(settings.log_level)
-    _run(lambda: _serve(settings))
+    run(lambda: _serve(settings))
 
 
 async def _serve(settings: Settings) -> int:
@@ -118,29 +81,21 @@ def _redact(url: str) -> str:
 @app.command()
 def migrate() -> None:
     """Apply the SQL migrations (projections, and the SQL event log if configured)."""
-    settings = _settings()
+    settings = load_settings()
 
     async def work() -> int:
         await prepare_storage(settings)
         typer.echo("migrations applied")
         return 0
 
-    _run(work)
+    run(work)
 
 
 @app.command()
 def status(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     """Print a job's current state (its projection)."""
-    settings = _settings()
-    _run(lambda: _with_readers(settings, lambda r: _status(r, job_id, as_json)))
-
-
-async def _with_readers(settings: Settings, work: Callable[[Readers], Awaitable[int]]) -> int:
-    readers = open_readers(settings)
-    try:
-        return await work(readers)
-    finally:
-        await readers.close()
+    settings = load_settings()
+    run(lambda: with_readers(settings, lambda r: _status(r, job_id, as_json)))
 
 
 async def _status(readers: Readers, job_id: str, as_json: bool) -> int:
@@ -148,7 +103,7 @@ async def _status(readers: Readers, job_id: str, as_json: bool) -> int:
     if row is None:
         events = await readers.log.read_job(job_id)
         if not events:
-            _fail(f"no events for job {job_id!r}", 2)
+            fail(f"no events for job {job_id!r}", 2)
         row = job_row(fold_history(events, readers.policy), readers.policy)
     _print_row(row, as_json)
     return 0
@@ -170,8 +125,8 @@ def _jsonable(value: Any) -> Any:
 @app.command()
 def history(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     """Print every recorded event of a job, in seq order."""
-    settings = _settings()
-    _run(lambda: _with_readers(settings, lambda r: _history(r, job_id, as_json)))
+    settings = load_settings()
+    run(lambda: with_readers(settings, lambda r: _history(r, job_id, as_json)))
 
 
 def flat_event(recorded: RecordedEvent) -> dict[str, Any]:
@@ -189,7 +144,7 @@ def flat_event(recorded: RecordedEvent) -> dict[str, Any]:
 async def _history(readers: Readers, job_id: str, as_json: bool) -> int:
     events = await readers.log.read_job(job_id)
     if not events:
-        _fail(f"no events for job {job_id!r}", 2)
+        fail(f"no events for job {job_id!r}", 2)
     entries = [flat_event(e) for e in events]
     if as_json:
         typer.echo(json.dumps(entries))
@@ -207,8 +162,8 @@ def verify(
     job: Annotated[str | None, typer.Option(help="Verify only this job.")] = None,
 ) -> None:
     """Re-compute every job's hash chain; exit 1 and name each broken job if any."""
-    settings = _settings()
-    _run(lambda: _with_readers(settings, lambda r: _verify(r, job)))
+    settings = load_settings()
+    run(lambda: with_readers(settings, lambda r: _verify(r, job)))
 
 
 async def _verify(readers: Readers, job: str | None) -> int:
@@ -216,7 +171,7 @@ async def _verify(readers: Readers, job: str | None) -> int:
     if job is not None:
         entries = await readers.log.read_job_raw(job)
         if not entries:
-            _fail(f"no events for job {job!r}", 2)
+            fail(f"no events for job {job!r}", 2)
         groups: AsyncIterator[tuple[str, list[StoredEvent]]] = _single(job, entries)
     else:
         groups = _chains(readers.log.scan_raw())
@@ -254,7 +209,7 @@ def main() -> None:
     """Console-script entry point: usage errors are one line on standard error, exit code 2."""
     try:
         code = app(prog_name="jobtrail", standalone_mode=False)
-    except _USAGE_ERROR as exc:
+    except USAGE_ERROR as exc:
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "jobtrail"
         if message := exc.format_message():  # empty when the help was already shown
