@@ -16,7 +16,7 @@ import typer
 
 from app.bootstrap import Readers, build_tracking, prepare_storage
 from app.domain.chain import RecordedEvent, StoredEvent, verify_chain
-from app.entrypoints import logs
+from app.entrypoints import bench_cli, logs  # bench_cli registers `jobtrail bench`
 from app.entrypoints.cli_common import (
     USAGE_ERROR,
     JobIdArg,

@@ -77,6 +77,8 @@ class Batcher:
     max_size: int = 256
     max_wait: float = 0.01
     max_backoff: float = 5.0
+    recorded: int = 0
+    """How many events this batcher has durably recorded (for metrics and the benchmark)."""
     _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
 
@@ -133,6 +135,7 @@ class Batcher:
                         pending.done.set_exception(exc)
                 return
             self.health.degraded_reason = None
+            self.recorded += len(batch)
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)

@@ -1,0 +1,82 @@
+"""``jobtrail bench``: run the benchmark scenarios and report ratios to same-run baselines."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.bench.runner import BenchOptions, Figure, markdown_rows, results_json, run_bench
+from app.entrypoints.cli_common import app, fail, load_settings
+
+DEFAULT_SECANTUS = Path(".venv-secantus/bin/secantusd-py")
+PERFORMANCE_DOC = Path("docs/performance.md")
+
+
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(min=30, max=10_000_000, help="Events per run.")] = 20_000,
+    runs: Annotated[int, typer.Option(min=1, max=20, help="Runs; the median is reported.")] = 3,
+    smoke: Annotated[
+        bool, typer.Option(help="A quick check that the benchmark works (300 events, 1 run).")
+    ] = False,
+    output: Annotated[
+        Path, typer.Option("--json", help="Where to write the results as JSON.")
+    ] = Path("var/bench-results.json"),
+    record: Annotated[
+        bool, typer.Option(help=f"Append a dated row per figure to {PERFORMANCE_DOC}.")
+    ] = False,
+    mongo: Annotated[
+        bool, typer.Option(help="Also measure with SecantusDB as the log (started here).")
+    ] = True,
+    rabbit_api: Annotated[
+        str, typer.Option(help="RabbitMQ management API (to make a scratch vhost).")
+    ] = ("http://127.0.0.1:15672/api"),
+    pg_admin_url: Annotated[str, typer.Option(help="PostgreSQL server for scratch databases.")] = (
+        "postgresql://postgres@127.0.0.1:5432/postgres"
+    ),
+) -> None:
+    """Measure ingestion against a bare aio-pika consumer, in the same run, on this machine."""
+    settings = load_settings()
+    secantus = DEFAULT_SECANTUS if mongo and DEFAULT_SECANTUS.exists() else None
+    if mongo and secantus is None:
+        fail(f"SecantusDB not found at {DEFAULT_SECANTUS}: run `make setup`, or pass --no-mongo", 2)
+    options = BenchOptions(
+        rabbit_url=settings.rabbit_url,
+        rabbit_api=rabbit_api.rstrip("/"),
+        pg_admin_url=pg_admin_url,
+        secantus=secantus,
+        events=300 if smoke else events,
+        runs=1 if smoke else runs,
+    )
+    console = Console(stderr=True)
+    try:
+        figures = asyncio.run(run_bench(options, lambda step: console.log(step)))
+    except (OSError, TimeoutError) as exc:
+        fail(f"benchmark failed: {exc}", 3)
+    Console().print(_table(figures))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(results_json(figures, options))
+    if record:
+        with PERFORMANCE_DOC.open("a") as doc:
+            doc.write(markdown_rows(figures, options))
+
+
+def _table(figures: list[Figure]) -> Table:
+    table = Table(title="jobtrail bench (median of runs; ratio to the same run's baseline)")
+    for column in ("figure", "median", "min", "max", "ratio", "target"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for f in figures:
+        table.add_row(
+            f.name,
+            f"{f.median:,.0f} {f.unit}",
+            f"{min(f.values):,.0f}",
+            f"{max(f.values):,.0f}",
+            f"{f.ratio:.2f}" if f.ratio is not None else "baseline",
+            f"≥ {f.target}" if f.target is not None else "",
+        )
+    return table
