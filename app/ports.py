@@ -77,6 +77,10 @@ class EventLog(Protocol):
         """The job's events in seq order (only those recorded at or before ``until`` if given)."""
         ...
 
+    async def read_jobs(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        """Several jobs' events in seq order, in one round trip; every id is a key (maybe [])."""
+        ...
+
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
         """The job's entries as stored, in seq order, without decoding (for verification)."""
         ...

@@ -19,7 +19,7 @@ from app.domain.events import JobEvent
 from app.domain.machine import fold
 from app.domain.policy import Policy
 from app.domain.state import JobState
-from app.ports import AppendOutcome, Clock, EventLog, ProjectionStore, ProjectionUpdate
+from app.ports import AppendOutcome, Clock, EventLog, ProjectionStore
 from app.services.projection import projection_update
 
 MAX_DECISIONS_PER_SETTLE = 8
@@ -48,14 +48,21 @@ class Tracker:
         return outcomes
 
     async def settle(self, job_ids: Sequence[str], now: datetime | None = None) -> None:
-        """Bring each job's decisions and projection up to date with its log, in one commit."""
+        """Bring each job's decisions and projection up to date with its log, in one commit.
+
+        One read of all the jobs' histories, one append of all decisions per round, one
+        projection transaction: a batch costs a handful of round trips, not a few per job.
+        """
         now = now or self.clock.now()
-        seqs = await self.store.projected_seqs(job_ids)
-        updates = []
-        for job_id in job_ids:
-            update = await self._settle_one(job_id, now, seqs.get(job_id, 0))
-            if update is not None:
-                updates.append(update)
+        histories = {j: h for j, h in (await self.log.read_jobs(job_ids)).items() if h}
+        states = {j: self._fold(h) for j, h in histories.items()}
+        await self._decide_all(histories, states, now)
+        seqs = await self.store.projected_seqs(list(states))
+        updates = [
+            projection_update(state, histories[job_id], seqs.get(job_id, 0), self.policy)
+            for job_id, state in states.items()
+            if state.last_seq > seqs.get(job_id, 0)
+        ]
         if updates:
             await self.store.apply(updates)
             if self.on_outbox is not None and any(u.outbox for u in updates):
@@ -69,24 +76,28 @@ class Tracker:
             await self.settle([t.job_id for t in due], now)
         return len(due)
 
-    async def _settle_one(
-        self, job_id: str, now: datetime, projected: int
-    ) -> ProjectionUpdate | None:
-        events = await self.log.read_job(job_id)
-        if not events:
-            return None
-        state = fold(events, skew_tolerance=self.policy.clock_skew_tolerance)
+    async def _decide_all(
+        self,
+        histories: dict[str, list[RecordedEvent]],
+        states: dict[str, JobState],
+        now: datetime,
+    ) -> None:
+        """Record what ``decide`` says for every job, until no job has anything more to decide."""
+        pending = list(states)
         for _ in range(MAX_DECISIONS_PER_SETTLE):
-            decided = decide(state, now, self.policy)
+            decided = {j: d for j in pending if (d := decide(states[j], now, self.policy))}
             if not decided:
-                break
-            await self.log.append_many(decided, now)
-            events = await self.log.read_job(job_id)
-            state = fold(events, skew_tolerance=self.policy.clock_skew_tolerance)
-            self._announce(decided, state)
-        if state.last_seq <= projected:
-            return None
-        return projection_update(state, events, projected, self.policy)
+                return
+            await self.log.append_many([e for events in decided.values() for e in events], now)
+            fresh = await self.log.read_jobs(list(decided))
+            for job_id, events in decided.items():
+                histories[job_id] = fresh[job_id]
+                states[job_id] = self._fold(fresh[job_id])
+                self._announce(events, states[job_id])
+            pending = list(decided)
+
+    def _fold(self, events: Sequence[RecordedEvent]) -> JobState:
+        return fold(events, skew_tolerance=self.policy.clock_skew_tolerance)
 
     def _announce(self, decided: Iterable[JobEvent], state: JobState) -> None:
         for event in decided:

@@ -1,0 +1,148 @@
+"""The in-memory EventLog, and the chain rules every EventLog adapter shares.
+
+``InMemoryEventLog`` is the reference fake: it stores canonical JSON text and hashes it exactly
+as the MongoDB and SQL adapters do, and is held to the same contract tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent, link_hash
+from app.domain.events import JobEvent, canonical_json, parse_event
+from app.ports import AppendOutcome, AppendStatus
+
+MAX_APPEND_TRIES = 100
+"""How often an append re-reads the job's tip after losing a (job_id, seq) race."""
+
+DEFAULT_PAGE_SIZE = 1000
+
+
+def truncate_ms(moment: datetime) -> datetime:
+    """``moment`` in UTC, cut to whole milliseconds (the precision a BSON date holds exactly)."""
+    if moment.tzinfo is None:
+        raise ValueError("recorded_at must be timezone-aware")
+    utc = moment.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+
+
+def chain_entry(
+    event: JobEvent, recorded_at: datetime, last_seq: int = 0, last_hash: str = GENESIS_HASH
+) -> StoredEvent:
+    """The entry that follows a job's tip (``last_seq`` 0 for a new job) in its hash chain."""
+    seq = last_seq + 1
+    data = canonical_json(event)
+    return StoredEvent(
+        job_id=event.job_id,
+        seq=seq,
+        event_id=str(event.event_id),
+        recorded_at=recorded_at,
+        prev_hash=last_hash,
+        hash=link_hash(event.job_id, seq, recorded_at, last_hash, data),
+        data=data,
+    )
+
+
+def decode_entry(entry: StoredEvent) -> RecordedEvent:
+    """Decode a stored entry's canonical JSON back into its event."""
+    return RecordedEvent(
+        seq=entry.seq,
+        recorded_at=entry.recorded_at,
+        prev_hash=entry.prev_hash,
+        hash=entry.hash,
+        event=parse_event(entry.data),
+    )
+
+
+def appended(entry: StoredEvent) -> AppendOutcome:
+    return AppendOutcome(entry.event_id, entry.job_id, AppendStatus.APPENDED, entry.seq)
+
+
+def duplicate(event_id: str, job_id: str, seq: int) -> AppendOutcome:
+    return AppendOutcome(event_id, job_id, AppendStatus.DUPLICATE, seq)
+
+
+async def conflict_pause(attempt: int) -> None:
+    """A short random sleep after a lost race, growing with ``attempt``, so writers spread out."""
+    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+
+
+class InMemoryEventLog:
+    """EventLog held in process memory; appends are atomic because they never await."""
+
+    def __init__(self, *, page_size: int = DEFAULT_PAGE_SIZE) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self._page_size = page_size
+        self._jobs: dict[str, list[StoredEvent]] = {}
+        self._by_event_id: dict[str, StoredEvent] = {}
+
+    async def ensure_schema(self) -> None:
+        return None
+
+    async def append(self, event: JobEvent, recorded_at: datetime) -> AppendOutcome:
+        return self._append(event, truncate_ms(recorded_at))
+
+    async def append_many(
+        self, events: Sequence[JobEvent], recorded_at: datetime
+    ) -> list[AppendOutcome]:
+        at = truncate_ms(recorded_at)
+        return [self._append(event, at) for event in events]
+
+    def _append(self, event: JobEvent, recorded_at: datetime) -> AppendOutcome:
+        known = self._by_event_id.get(str(event.event_id))
+        if known is not None:
+            return duplicate(known.event_id, known.job_id, known.seq)
+        entries = self._jobs.setdefault(event.job_id, [])
+        tip = entries[-1] if entries else None
+        entry = (
+            chain_entry(event, recorded_at)
+            if tip is None
+            else chain_entry(event, recorded_at, tip.seq, tip.hash)
+        )
+        entries.append(entry)
+        self._by_event_id[entry.event_id] = entry
+        return appended(entry)
+
+    async def read_job(self, job_id: str, *, until: datetime | None = None) -> list[RecordedEvent]:
+        entries = self._jobs.get(job_id, [])
+        if until is not None:
+            entries = [entry for entry in entries if entry.recorded_at <= until]
+        return [decode_entry(entry) for entry in entries]
+
+    async def read_jobs(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        return {job_id: await self.read_job(job_id) for job_id in job_ids}
+
+    async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
+        return list(self._jobs.get(job_id, []))
+
+    async def scan_raw(self) -> AsyncIterator[StoredEvent]:
+        cursor = ("", 0)
+        while page := self._page_after(cursor):
+            for entry in page:
+                yield entry
+            cursor = (page[-1].job_id, page[-1].seq)
+
+    def _page_after(self, cursor: tuple[str, int]) -> list[StoredEvent]:
+        """Keyset paging as the real adapters do it: the entries after ``cursor``."""
+        page: list[StoredEvent] = []
+        for job_id in sorted(job for job in self._jobs if job >= cursor[0]):
+            for entry in self._jobs[job_id]:
+                if (entry.job_id, entry.seq) > cursor:
+                    page.append(entry)
+                    if len(page) == self._page_size:
+                        return page
+        return page
+
+    async def scan(self) -> AsyncIterator[RecordedEvent]:
+        async for entry in self.scan_raw():
+            yield decode_entry(entry)
+
+    async def count(self) -> int:
+        return len(self._by_event_id)
+
+    async def close(self) -> None:
+        return None

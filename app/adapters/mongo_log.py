@@ -1,0 +1,294 @@
+"""The EventLog on MongoDB through PyMongo's async API.
+
+One insert-only collection, ``events``, with unique indexes on ``event_id`` and on
+(``job_id``, ``seq``). ``data`` holds the canonical JSON text exactly as hashed: a string, never a
+sub-document, so no user value is read as an operator and BSON integer limits do not apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from app.adapters.memory_log import (
+    DEFAULT_PAGE_SIZE,
+    MAX_APPEND_TRIES,
+    appended,
+    chain_entry,
+    conflict_pause,
+    decode_entry,
+    duplicate,
+    truncate_ms,
+)
+from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
+from app.domain.events import JobEvent
+from app.ports import AppendOutcome, LogUnavailable
+
+Document = dict[str, Any]
+
+DEFAULT_DATABASE = "jobtrail"
+DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
+COLLECTION = "events"
+INDEXES = (
+    IndexModel([("event_id", ASCENDING)], name="event_id_unique", unique=True),
+    IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="job_seq_unique", unique=True),
+    IndexModel([("recorded_at", ASCENDING)], name="recorded_at"),
+    IndexModel([("type", ASCENDING), ("recorded_at", ASCENDING)], name="type_recorded_at"),
+)
+_RAW = {
+    "_id": 0,
+    "job_id": 1,
+    "seq": 1,
+    "event_id": 1,
+    "recorded_at": 1,
+    "prev_hash": 1,
+    "hash": 1,
+    "data": 1,
+}
+_BY_JOB_SEQ = [("job_id", ASCENDING), ("seq", ASCENDING)]
+
+_Planned = StoredEvent | AppendOutcome
+"""One event of an ``append_many`` batch: the entry to insert, or its known duplicate outcome."""
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn every driver error into ``LogUnavailable``: none may cross the adapter."""
+    try:
+        yield
+    except (PyMongoError, OSError) as exc:
+        raise LogUnavailable(f"MongoDB event log: {action} failed: {exc}") from exc
+
+
+def _document(entry: StoredEvent, event: JobEvent) -> Document:
+    return {
+        "event_id": entry.event_id,
+        "job_id": entry.job_id,
+        "seq": entry.seq,
+        "type": event.type,
+        "attempt": event.attempt,
+        "occurred_at": event.occurred_at.astimezone(UTC),
+        "recorded_at": entry.recorded_at,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+        "data": entry.data,
+    }
+
+
+def _stored(doc: Mapping[str, Any]) -> StoredEvent:
+    return StoredEvent(
+        job_id=doc["job_id"],
+        seq=doc["seq"],
+        event_id=doc["event_id"],
+        recorded_at=doc["recorded_at"].astimezone(UTC),
+        prev_hash=doc["prev_hash"],
+        hash=doc["hash"],
+        data=doc["data"],
+    )
+
+
+class MongoEventLog:
+    """EventLog on MongoDB; the database comes from the URL path (default ``jobtrail``).
+
+    An outage raises ``LogUnavailable`` after the server selection timeout: the argument, else
+    the URL's ``serverSelectionTimeoutMS``, else 5 s.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        server_selection_timeout_ms: int | None = None,
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self._client = _lazy_client(url, server_selection_timeout_ms)
+        db = self._client.get_default_database(DEFAULT_DATABASE)
+        if database is not None:
+            db = self._client.get_database(database)
+        self._events = db.get_collection(COLLECTION)
+        self._page_size = page_size
+
+    async def ensure_schema(self) -> None:
+        with _translated("creating indexes"):
+            await self._events.create_indexes(list(INDEXES))
+
+    async def append(self, event: JobEvent, recorded_at: datetime) -> AppendOutcome:
+        at = truncate_ms(recorded_at)
+        for attempt in range(MAX_APPEND_TRIES):
+            with _translated("append"):
+                outcome = await self._try_append(event, at)
+            if outcome is not None:
+                return outcome
+            await conflict_pause(attempt)
+        raise LogUnavailable(
+            f"MongoDB event log: job {event.job_id!r} still conflicting after "
+            f"{MAX_APPEND_TRIES} tries"
+        )
+
+    async def _try_append(self, event: JobEvent, at: datetime) -> AppendOutcome | None:
+        """One optimistic attempt; None when a concurrent writer took the seq first."""
+        tip = await self._events.find_one(
+            {"job_id": event.job_id}, {"_id": 0, "seq": 1, "hash": 1}, sort=[("seq", DESCENDING)]
+        )
+        entry = chain_entry(event, at) if tip is None else chain_entry(event, at, *_tip(tip))
+        try:
+            await self._events.insert_one(_document(entry, event))
+        except DuplicateKeyError:
+            # Either index may have fired; the event_id tells which without parsing messages.
+            return await self._stored_outcome(entry.event_id)
+        return appended(entry)
+
+    async def _stored_outcome(self, event_id: str) -> AppendOutcome | None:
+        doc = await self._events.find_one({"event_id": event_id}, {"_id": 0, "job_id": 1, "seq": 1})
+        return None if doc is None else duplicate(event_id, doc["job_id"], doc["seq"])
+
+    async def append_many(
+        self, events: Sequence[JobEvent], recorded_at: datetime
+    ) -> list[AppendOutcome]:
+        """One ordered ``insert_many``; from the first conflict on, each event is appended alone.
+
+        The insert is ordered so it stops at the first error: an entry after a failed one is
+        never stored with a seq (and prev_hash) that assumed the failed one.
+        """
+        at = truncate_ms(recorded_at)
+        if not events:
+            return []
+        with _translated("append"):
+            plan = await self._plan(events, at)
+            stop = await self._insert_until_conflict(events, plan)
+        done = [item if isinstance(item, AppendOutcome) else appended(item) for item in plan[:stop]]
+        return done + [await self.append(event, at) for event in events[stop:]]
+
+    async def _plan(self, events: Sequence[JobEvent], at: datetime) -> list[_Planned]:
+        ids = [str(event.event_id) for event in events]
+        known = {
+            doc["event_id"]: (doc["job_id"], doc["seq"])
+            async for doc in self._events.find(
+                {"event_id": {"$in": ids}}, {"_id": 0, "event_id": 1, "job_id": 1, "seq": 1}
+            )
+        }
+        tips = await self._tips({event.job_id for event in events})
+        plan: list[_Planned] = []
+        for event, event_id in zip(events, ids, strict=True):
+            if event_id in known:
+                plan.append(duplicate(event_id, *known[event_id]))
+                continue
+            entry = chain_entry(event, at, *tips.get(event.job_id, (0, GENESIS_HASH)))
+            tips[event.job_id] = (entry.seq, entry.hash)
+            known[event_id] = (entry.job_id, entry.seq)
+            plan.append(entry)
+        return plan
+
+    async def _tips(self, job_ids: set[str]) -> dict[str, tuple[int, str]]:
+        """The last (seq, hash) of each of ``job_ids`` that has entries, in one round trip."""
+        cursor = await self._events.aggregate(
+            [
+                {"$match": {"job_id": {"$in": sorted(job_ids)}}},
+                {"$sort": {"job_id": DESCENDING, "seq": DESCENDING}},  # the index, reversed
+                {
+                    "$group": {
+                        "_id": "$job_id",
+                        "seq": {"$first": "$seq"},
+                        "hash": {"$first": "$hash"},
+                    }
+                },
+            ]
+        )
+        return {doc["_id"]: _tip(doc) async for doc in cursor}
+
+    async def _insert_until_conflict(self, events: Sequence[JobEvent], plan: list[_Planned]) -> int:
+        """Insert the planned entries in order; the batch position of the first failure, or len."""
+        positions: list[int] = []
+        docs: list[Document] = []
+        for position, (item, event) in enumerate(zip(plan, events, strict=True)):
+            if isinstance(item, StoredEvent):
+                positions.append(position)
+                docs.append(_document(item, event))
+        if not docs:
+            return len(plan)
+        try:
+            await self._events.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if not errors:
+                raise
+            return positions[int(errors[0]["index"])]
+        return len(plan)
+
+    async def read_job(self, job_id: str, *, until: datetime | None = None) -> list[RecordedEvent]:
+        query: Document = {"job_id": job_id}
+        if until is not None:
+            query["recorded_at"] = {"$lte": until.astimezone(UTC)}
+        return [decode_entry(entry) for entry in await self._find(query)]
+
+    async def read_jobs(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        found: dict[str, list[RecordedEvent]] = {job_id: [] for job_id in job_ids}
+        if found:
+            for entry in await self._find({"job_id": {"$in": list(found)}}):
+                found[entry.job_id].append(decode_entry(entry))
+        return found
+
+    async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
+        return await self._find({"job_id": job_id})
+
+    async def _find(self, query: Document, limit: int = 0) -> list[StoredEvent]:
+        with _translated("read"):
+            docs = await self._events.find(query, _RAW).sort(_BY_JOB_SEQ).limit(limit).to_list()
+        return [_stored(doc) for doc in docs]
+
+    async def scan_raw(self) -> AsyncIterator[StoredEvent]:
+        query: Document = {}
+        while page := await self._find(query, self._page_size):
+            for entry in page:
+                yield entry
+            last = page[-1]
+            query = {
+                "$or": [
+                    {"job_id": {"$gt": last.job_id}},
+                    {"job_id": last.job_id, "seq": {"$gt": last.seq}},
+                ]
+            }
+
+    async def scan(self) -> AsyncIterator[RecordedEvent]:
+        async for entry in self.scan_raw():
+            yield decode_entry(entry)
+
+    async def count(self) -> int:
+        with _translated("count"):
+            return int(await self._events.count_documents({}))
+
+    async def close(self) -> None:
+        with _translated("close"):
+            await self._client.close()
+
+
+def _lazy_client(url: str, server_selection_timeout_ms: int | None) -> AsyncMongoClient[Document]:
+    """A client that connects (and resolves ``mongodb+srv``) on first use, not here."""
+    options: dict[str, Any] = {"tz_aware": True}
+    if server_selection_timeout_ms is not None:
+        options["serverSelectionTimeoutMS"] = server_selection_timeout_ms
+    elif not _names_timeout(url):
+        options["serverSelectionTimeoutMS"] = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
+    try:
+        return AsyncMongoClient(url, **options)
+    except PyMongoError as exc:
+        raise ValueError(f"invalid MongoDB URL: {exc}") from exc
+
+
+def _names_timeout(url: str) -> bool:
+    """Whether the URL sets serverSelectionTimeoutMS (option names are case-insensitive)."""
+    options = parse_qs(urlsplit(url).query)
+    return any(name.lower() == "serverselectiontimeoutms" for name in options)
+
+
+def _tip(doc: Mapping[str, Any]) -> tuple[int, str]:
+    return int(doc["seq"]), str(doc["hash"])

@@ -1,0 +1,269 @@
+"""The EventLog on SQL through SQLAlchemy 2 async: SQLite (aiosqlite) or PostgreSQL (asyncpg).
+
+``log_metadata`` / ``events_table`` define the insert-only table ``jobtrail_events``; importing
+them has no side effects, so Alembic migrations can build on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    Select,
+    String,
+    Table,
+    Text,
+    event,
+    func,
+    select,
+    tuple_,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.adapters.memory_log import (
+    DEFAULT_PAGE_SIZE,
+    MAX_APPEND_TRIES,
+    appended,
+    chain_entry,
+    conflict_pause,
+    decode_entry,
+    duplicate,
+    truncate_ms,
+)
+from app.domain.chain import RecordedEvent, StoredEvent
+from app.domain.events import JobEvent
+from app.ports import AppendOutcome, LogUnavailable
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+PG_CONNECT_TIMEOUT_SECONDS = 10
+READ_JOBS_CHUNK = 1000
+
+# Byte order ("C") on PostgreSQL, so (job_id, seq) scans sort as on SQLite, MongoDB and in Python.
+_JobId = String(200).with_variant(String(200, collation="C"), "postgresql")
+
+log_metadata = MetaData()
+
+events_table = Table(
+    "jobtrail_events",
+    log_metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("event_id", String(64), nullable=False),
+    Column("job_id", _JobId, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("data", Text, nullable=False),
+    Index("ux_jobtrail_events_event_id", "event_id", unique=True),
+    Index("ux_jobtrail_events_job_seq", "job_id", "seq", unique=True),
+    Index("ix_jobtrail_events_recorded_at", "recorded_at"),
+    Index("ix_jobtrail_events_type_recorded_at", "type", "recorded_at"),
+)
+
+_c = events_table.c
+_AnyRow = Row[*tuple[Any, ...]]
+_AnySelect = Select[*tuple[Any, ...]]
+_RAW = (_c.job_id, _c.seq, _c.event_id, _c.recorded_at, _c.prev_hash, _c.hash, _c.data)
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
+def async_url(url: str) -> URL:
+    """``url`` with the async driver filled in when it names none (``sqlite://``, ``postgresql://``)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"invalid SQLAlchemy URL: {exc}") from exc
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    return parsed if driver is None else parsed.set(drivername=driver)
+
+
+def _engine(url: URL) -> AsyncEngine:
+    if url.get_backend_name() != "sqlite":
+        return create_async_engine(url, connect_args={"timeout": PG_CONNECT_TIMEOUT_SECONDS})
+    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+    event.listen(engine.sync_engine, "connect", _tune_sqlite)
+    return engine
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers run beside the writer; the busy timeout makes writers wait, not fail."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+    cursor.close()
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    return "database is locked" in str(exc.orig)
+
+
+def _unavailable(action: str, exc: BaseException) -> LogUnavailable:
+    return LogUnavailable(f"SQL event log: {action} failed: {type(exc).__name__}: {exc}")
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored instant is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _row(entry: StoredEvent, event: JobEvent) -> dict[str, Any]:
+    return {
+        "event_id": entry.event_id,
+        "job_id": entry.job_id,
+        "seq": entry.seq,
+        "type": event.type,
+        "attempt": event.attempt,
+        "occurred_at": event.occurred_at.astimezone(UTC),
+        "recorded_at": entry.recorded_at,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+        "data": entry.data,
+    }
+
+
+def _stored(row: _AnyRow) -> StoredEvent:
+    return StoredEvent(
+        job_id=row.job_id,
+        seq=row.seq,
+        event_id=row.event_id,
+        recorded_at=_aware(row.recorded_at),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+        data=row.data,
+    )
+
+
+class SqlEventLog:
+    """EventLog on the ``jobtrail_events`` table; works on a migrated or a bare database."""
+
+    def __init__(self, url: str, *, page_size: int = DEFAULT_PAGE_SIZE) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self._engine = _engine(async_url(url))
+        self._page_size = page_size
+
+    async def ensure_schema(self) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(log_metadata.create_all, checkfirst=True)
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable("creating the schema", exc) from exc
+
+    async def append(self, event: JobEvent, recorded_at: datetime) -> AppendOutcome:
+        at = truncate_ms(recorded_at)
+        for attempt in range(MAX_APPEND_TRIES):
+            outcome = await self._try_append(event, at)
+            if outcome is not None:
+                return outcome
+            await conflict_pause(attempt)
+        raise LogUnavailable(
+            f"SQL event log: job {event.job_id!r} still conflicting after {MAX_APPEND_TRIES} tries"
+        )
+
+    async def _try_append(self, event: JobEvent, at: datetime) -> AppendOutcome | None:
+        """One attempt in a fresh transaction; None when a concurrent writer took the seq first."""
+        try:
+            async with self._engine.begin() as conn:
+                tip = (
+                    await conn.execute(
+                        select(_c.seq, _c.hash)
+                        .where(_c.job_id == event.job_id)
+                        .order_by(_c.seq.desc())
+                        .limit(1)
+                    )
+                ).first()
+                entry = chain_entry(event, at) if tip is None else chain_entry(event, at, *tip)
+                await conn.execute(events_table.insert().values(_row(entry, event)))
+        except IntegrityError:
+            # The failed transaction is gone; the event_id tells which unique index fired.
+            return await self._stored_outcome(str(event.event_id))
+        except OperationalError as exc:
+            if _is_locked(exc):
+                return None
+            raise _unavailable("append", exc) from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable("append", exc) from exc
+        return appended(entry)
+
+    async def _stored_outcome(self, event_id: str) -> AppendOutcome | None:
+        query = select(_c.job_id, _c.seq).where(_c.event_id == event_id)
+        rows = await self._fetch(query, "append")
+        return duplicate(event_id, rows[0].job_id, rows[0].seq) if rows else None
+
+    async def append_many(
+        self, events: Sequence[JobEvent], recorded_at: datetime
+    ) -> list[AppendOutcome]:
+        at = truncate_ms(recorded_at)
+        return [await self.append(event, at) for event in events]
+
+    async def read_job(self, job_id: str, *, until: datetime | None = None) -> list[RecordedEvent]:
+        query = select(*_RAW).where(_c.job_id == job_id).order_by(_c.seq)
+        if until is not None:
+            query = query.where(_c.recorded_at <= until.astimezone(UTC))
+        return [decode_entry(_stored(row)) for row in await self._fetch(query, "read")]
+
+    async def read_jobs(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        found: dict[str, list[RecordedEvent]] = {job_id: [] for job_id in job_ids}
+        wanted = list(found)
+        # Chunks keep the bound parameters under SQLite's and asyncpg's limits.
+        for start in range(0, len(wanted), READ_JOBS_CHUNK):
+            chunk = wanted[start : start + READ_JOBS_CHUNK]
+            query = select(*_RAW).where(_c.job_id.in_(chunk)).order_by(_c.job_id, _c.seq)
+            for row in await self._fetch(query, "read"):
+                found[row.job_id].append(decode_entry(_stored(row)))
+        return found
+
+    async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
+        query = select(*_RAW).where(_c.job_id == job_id).order_by(_c.seq)
+        return [_stored(row) for row in await self._fetch(query, "read")]
+
+    async def scan_raw(self) -> AsyncIterator[StoredEvent]:
+        query = select(*_RAW).order_by(_c.job_id, _c.seq).limit(self._page_size)
+        page = await self._fetch(query, "scan")
+        while page:
+            for row in page:
+                yield _stored(row)
+            after = tuple_(_c.job_id, _c.seq) > tuple_(page[-1].job_id, page[-1].seq)
+            page = await self._fetch(query.where(after), "scan")
+
+    async def scan(self) -> AsyncIterator[RecordedEvent]:
+        async for entry in self.scan_raw():
+            yield decode_entry(entry)
+
+    async def count(self) -> int:
+        rows = await self._fetch(select(func.count()).select_from(events_table), "count")
+        return int(rows[0][0])
+
+    async def close(self) -> None:
+        try:
+            await self._engine.dispose()
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable("close", exc) from exc
+
+    async def _fetch(self, query: _AnySelect, action: str) -> Sequence[_AnyRow]:
+        """Run one read on a connection held only for the query, not across a caller's yields."""
+        try:
+            async with self._engine.connect() as conn:
+                return (await conn.execute(query)).all()
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable(action, exc) from exc

@@ -1,0 +1,399 @@
+"""One contract for every EventLog adapter: memory, SQLite, PostgreSQL and MongoDB.
+
+Each adapter is built with a tiny page size so every scan crosses several pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import JsonValue
+from pymongo import AsyncMongoClient
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.adapters.log_factory import open_event_log
+from app.adapters.memory_log import InMemoryEventLog
+from app.adapters.mongo_log import MongoEventLog
+from app.adapters.sql_log import SqlEventLog, async_url, events_table
+from app.domain.chain import GENESIS_HASH, ChainBreak, StoredEvent, verify_chain
+from app.domain.events import Heartbeat, JobEvent, Submitted, canonical_json
+from app.ports import AppendOutcome, AppendStatus, EventLog, LogUnavailable
+from tests.servers import free_port
+
+PAGE_SIZE = 4
+T0 = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+T0_MS = T0.replace(microsecond=123000)
+
+Tamper = Callable[[str, int, str], Awaitable[None]]
+
+
+_SUBMISSION = {"source": "cloud", "job_type": "sync", "model": "llama", "priority": "bulk"}
+_PLACEMENT = {"tenant": "acme", "pool": "shared", "queue": "jobs.bulk"}
+
+
+def _envelope(job_id: str, n: int = 0) -> dict[str, Any]:
+    at = T0 + timedelta(seconds=n)
+    return {"event_id": uuid.uuid4(), "job_id": job_id, "occurred_at": at, "attempt": 1}
+
+
+def submitted(job_id: str, payload: JsonValue = None) -> Submitted:
+    fields = _envelope(job_id) | _SUBMISSION | _PLACEMENT | {"payload": payload}
+    return Submitted.model_validate(fields)
+
+
+def heartbeat(job_id: str, n: int = 0) -> Heartbeat:
+    return Heartbeat(**_envelope(job_id, n), source="node-7", node_id="node-7")
+
+
+async def scan_raw(log: EventLog) -> list[StoredEvent]:
+    return [entry async for entry in log.scan_raw()]
+
+
+async def test_open_event_log_picks_the_adapter_by_scheme_and_connects_to_nothing() -> None:
+    closed = free_port()
+    expected = {
+        f"mongodb://127.0.0.1:{closed}/jobtrail": MongoEventLog,
+        "mongodb+srv://cluster.example.invalid/jobtrail": MongoEventLog,
+        f"postgresql://postgres@127.0.0.1:{closed}/jobtrail": SqlEventLog,
+        "sqlite+aiosqlite:////nonexistent-dir/jobtrail.db": SqlEventLog,
+    }
+    for url, adapter in expected.items():
+        log = open_event_log(url)
+        assert type(log) is adapter
+        await log.close()
+
+
+async def test_a_mongo_url_without_a_database_uses_jobtrail(mongo_base_url: str) -> None:
+    # A URL naming its database is what every TestMongoEventLog test uses (see ``tamper``).
+    log = open_event_log(f"{mongo_base_url}/?directConnection=true")
+    event = submitted("job-factory")
+    await log.append(event, T0)
+    await log.close()
+    admin: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_base_url)
+    events = admin["jobtrail"]["events"]
+    # Clean up: the default database is shared by the whole session.
+    assert (await events.delete_one({"event_id": str(event.event_id)})).deleted_count == 1
+    await admin.close()
+
+
+class EventLogContract:
+    """Every test here runs against every adapter; subclasses provide the ``log`` fixture."""
+
+    writers = 8
+    events_per_writer = 25
+
+    async def test_first_append_gets_seq_1_and_genesis_prev_hash(self, log: EventLog) -> None:
+        event = submitted("job-1")
+        outcome = await log.append(event, T0)
+        assert outcome == AppendOutcome(str(event.event_id), "job-1", AppendStatus.APPENDED, 1)
+        await log.ensure_schema()  # idempotent: the fixture already ran it
+        [entry] = await log.read_job_raw("job-1")
+        assert (entry.seq, entry.prev_hash) == (1, GENESIS_HASH)
+        assert entry.event_id == str(event.event_id)
+
+    async def test_seqs_are_gapless_and_independent_per_job(self, log: EventLog) -> None:
+        for n in range(5):
+            assert (await log.append(heartbeat("job-a", n), T0)).seq == n + 1
+            if n < 3:
+                assert (await log.append(heartbeat("job-b", n), T0)).seq == n + 1
+        assert [e.seq for e in await log.read_job("job-a")] == [1, 2, 3, 4, 5]
+        assert [e.seq for e in await log.read_job("job-b")] == [1, 2, 3]
+        assert await log.read_job("job-unknown") == []
+        assert await log.count() == 8
+        jobs = await log.read_jobs(["job-b", "job-unknown", "job-a", "job-b"])
+        assert jobs == {job: await log.read_job(job) for job in ("job-b", "job-unknown", "job-a")}
+        assert await log.read_jobs([]) == {}
+
+    async def test_duplicate_changes_nothing_reports_stored_seq(self, log: EventLog) -> None:
+        first = submitted("job-1")
+        await log.append(first, T0)
+        await log.append(heartbeat("job-1"), T0)
+        before = await log.read_job_raw("job-1")
+        again = await log.append(first, T0 + timedelta(hours=1))
+        elsewhere = await log.append(first.model_copy(update={"job_id": "job-2"}), T0)
+        expected = AppendOutcome(str(first.event_id), "job-1", AppendStatus.DUPLICATE, 1)
+        assert again == expected
+        assert elsewhere == expected
+        assert await log.read_job_raw("job-1") == before
+        assert await log.read_job_raw("job-2") == []
+        assert await log.count() == 2
+
+    async def test_chain_verifies_and_data_is_canonical_json(self, log: EventLog) -> None:
+        events: list[JobEvent] = [submitted("job-1"), heartbeat("job-1", 1), heartbeat("job-1", 2)]
+        for i, event in enumerate(events):
+            await log.append(event, T0 + timedelta(seconds=i))
+        raw = await log.read_job_raw("job-1")
+        assert verify_chain("job-1", raw) is None
+        assert [entry.data for entry in raw] == [canonical_json(event) for event in events]
+        assert [entry.prev_hash for entry in raw[1:]] == [entry.hash for entry in raw[:-1]]
+        assert [recorded.event for recorded in await log.read_job("job-1")] == events
+
+    async def test_recorded_at_round_trips_as_aware_utc_ms(self, log: EventLog) -> None:
+        local = T0.astimezone(timezone(timedelta(hours=5, minutes=30)))
+        await log.append(submitted("job-1"), local)
+        [raw] = await log.read_job_raw("job-1")
+        [recorded] = await log.read_job("job-1")
+        [scanned] = await scan_raw(log)
+        for moment in (raw.recorded_at, recorded.recorded_at, scanned.recorded_at):
+            assert moment == T0_MS
+            assert moment.utcoffset() == timedelta(0)
+            assert moment.microsecond == 123000
+
+    async def test_read_job_until_keeps_entries_up_to_until(self, log: EventLog) -> None:
+        for i in range(3):
+            await log.append(heartbeat("job-1", i), T0 + timedelta(seconds=i))
+        second = T0_MS + timedelta(seconds=1)
+
+        async def seqs(until: datetime) -> list[int]:
+            return [entry.seq for entry in await log.read_job("job-1", until=until)]
+
+        assert await seqs(second) == [1, 2]
+        assert await seqs(second.astimezone(timezone(timedelta(hours=-4)))) == [1, 2]
+        assert await seqs(second - timedelta(microseconds=1)) == [1]
+        assert await seqs(T0_MS - timedelta(milliseconds=1)) == []
+        assert await seqs(T0 + timedelta(days=1)) == [1, 2, 3]
+
+    async def test_scans_order_by_job_then_seq_across_pages(self, log: EventLog) -> None:
+        # Byte order differs from natural-language collations on case and punctuation.
+        jobs = ["job-b", "JOB-c", "a.b", "job-a", "job-a:1", "job-a.2"]
+        assert [entry async for entry in log.scan()] == await scan_raw(log) == []
+        for n in range(3):
+            for job in jobs:
+                await log.append(heartbeat(job, n), T0)
+        expected = [(job, seq) for job in sorted(jobs) for seq in (1, 2, 3)]
+        raw = await scan_raw(log)
+        assert [(entry.job_id, entry.seq) for entry in raw] == expected
+        assert [(entry.job_id, entry.seq) async for entry in log.scan()] == expected
+        per_job = [entry for job in sorted(jobs) for entry in await log.read_job_raw(job)]
+        assert raw == per_job
+        assert await log.count() == len(expected) > 3 * PAGE_SIZE
+
+    async def test_append_many_equals_appending_one_by_one(self, log: EventLog) -> None:
+        stored, b1 = submitted("job-a"), submitted("job-b")
+        batch: list[JobEvent] = [heartbeat("job-a", 1), b1, stored, heartbeat("job-a", 2), b1]
+        batch.append(heartbeat("job-a", 3))
+        reference = InMemoryEventLog()
+        for target in (log, reference):
+            await target.append(stored, T0)
+        outcomes = await log.append_many(batch, T0 + timedelta(seconds=1))
+        assert [(o.job_id, o.status, o.seq) for o in outcomes] == [
+            ("job-a", AppendStatus.APPENDED, 2),
+            ("job-b", AppendStatus.APPENDED, 1),
+            ("job-a", AppendStatus.DUPLICATE, 1),
+            ("job-a", AppendStatus.APPENDED, 3),
+            ("job-b", AppendStatus.DUPLICATE, 1),
+            ("job-a", AppendStatus.APPENDED, 4),
+        ]
+        for event in batch:
+            await reference.append(event, T0 + timedelta(seconds=1))
+        for job in ("job-a", "job-b"):
+            assert await log.read_job_raw(job) == await reference.read_job_raw(job)
+        assert await log.append_many([], T0) == []
+        assert await log.count() == 5
+
+    async def test_concurrent_writers_to_one_job_leave_no_gaps(self, log: EventLog) -> None:
+        async def writer(w: int) -> list[tuple[str, AppendOutcome]]:
+            done = []
+            for i in range(self.events_per_writer):
+                event = heartbeat("job-hot", w * 1000 + i)
+                done.append((str(event.event_id), await log.append(event, T0)))
+            return done
+
+        results = list(chain(*await asyncio.gather(*map(writer, range(self.writers)))))
+        total = self.writers * self.events_per_writer
+        assert {outcome.status for _, outcome in results} == {AppendStatus.APPENDED}
+        assert sorted(outcome.seq for _, outcome in results) == list(range(1, total + 1))
+        raw = await log.read_job_raw("job-hot")
+        assert [entry.seq for entry in raw] == list(range(1, total + 1))
+        assert {entry.event_id: entry.seq for entry in raw} == {
+            event_id: outcome.seq for event_id, outcome in results
+        }
+        assert verify_chain("job-hot", raw) is None
+
+    async def test_concurrent_batches_keep_every_chain_intact(self, log: EventLog) -> None:
+        jobs = ("job-x", "job-y")
+        batches = [
+            [heartbeat(jobs[i % 2], w * 100 + i) for i in range(self.events_per_writer // 2)]
+            for w in range(self.writers // 2)
+        ]
+        results = await asyncio.gather(*(log.append_many(batch, T0) for batch in batches))
+        for batch, outcomes in zip(batches, results, strict=True):
+            assert {o.status for o in outcomes} == {AppendStatus.APPENDED}
+            assert [o.event_id for o in outcomes] == [str(e.event_id) for e in batch]
+            for job in jobs:
+                mine = [o.seq for o in outcomes if o.job_id == job]
+                assert mine == sorted(mine)
+        for job in jobs:
+            raw = await log.read_job_raw(job)
+            assert verify_chain(job, raw) is None
+            assert len(raw) == sum(1 for batch in batches for e in batch if e.job_id == job)
+        assert await log.count() == sum(map(len, batches))
+
+    async def test_concurrent_duplicates_append_exactly_once(self, log: EventLog) -> None:
+        await log.append(submitted("job-1"), T0)
+        event = heartbeat("job-1")
+        outcomes = await asyncio.gather(*(log.append(event, T0) for _ in range(self.writers)))
+        statuses = [outcome.status for outcome in outcomes]
+        assert statuses.count(AppendStatus.APPENDED) == 1
+        assert statuses.count(AppendStatus.DUPLICATE) == self.writers - 1
+        assert {outcome.seq for outcome in outcomes} == {2}
+        assert await log.count() == 2
+
+    async def test_dots_operator_keys_and_huge_ints_round_trip(self, log: EventLog) -> None:
+        payload: dict[str, JsonValue] = {"$gt": "", "$where": "sleep(1)", "a.b": {"$set": 1}}
+        payload |= {"big": 2**80, "small": -(2**80), "text": "ü€😀 \u0000 end"}
+        event = submitted("a.b", payload)
+        await log.append(event, T0)
+        [raw] = await log.read_job_raw("a.b")
+        [recorded] = await log.read_job("a.b")
+        assert raw.data == canonical_json(event)
+        assert json.loads(raw.data)["payload"] == payload
+        assert recorded.event == event
+        assert await log.read_job("a") == await log.read_job("a.*") == []
+
+
+class ServerBackedContract(EventLogContract):
+    """Adds what only a real store has: outages, and rows someone could edit behind our back."""
+
+    @pytest.fixture
+    async def unreachable_log(self, unreachable_url: str) -> AsyncIterator[EventLog]:
+        log = open_event_log(unreachable_url)
+        yield log
+        await log.close()
+
+    async def test_an_outage_raises_log_unavailable(self, unreachable_log: EventLog) -> None:
+        attempts: list[Callable[[], Awaitable[object]]] = [
+            unreachable_log.ensure_schema,
+            lambda: unreachable_log.append(submitted("job-1"), T0),
+            lambda: unreachable_log.append_many([submitted("job-1")], T0),
+            lambda: unreachable_log.read_job("job-1"),
+            lambda: unreachable_log.read_job_raw("job-1"),
+            unreachable_log.count,
+            lambda: anext(unreachable_log.scan_raw()),
+        ]
+        for attempt in attempts:
+            with pytest.raises(LogUnavailable) as caught:
+                await attempt()
+            assert caught.value.__cause__ is not None
+
+    async def test_tampering_is_read_raw_and_detected(self, log: EventLog, tamper: Tamper) -> None:
+        await log.append(submitted("job-1"), T0)
+        await log.append(heartbeat("job-1", 1), T0)
+        [_, second] = await log.read_job_raw("job-1")
+        forged = second.data.replace("node-7", "node-8")
+        await tamper("job-1", 2, forged)
+        raw = await log.read_job_raw("job-1")
+        assert raw[1].data == forged
+        assert verify_chain("job-1", raw) == ChainBreak(
+            "job-1", 2, "hash does not match the entry's content"
+        )
+
+
+class TestInMemoryEventLog(EventLogContract):
+    @pytest.fixture
+    def log(self) -> EventLog:
+        return InMemoryEventLog(page_size=PAGE_SIZE)
+
+
+class SqlContract(ServerBackedContract):
+    @pytest.fixture
+    async def log(self, url: str) -> AsyncIterator[EventLog]:
+        log = SqlEventLog(url, page_size=PAGE_SIZE)
+        await log.ensure_schema()
+        yield log
+        await log.close()
+
+    @pytest.fixture
+    def tamper(self, url: str) -> Tamper:
+        async def tamper(job_id: str, seq: int, data: str) -> None:
+            engine, c = create_async_engine(async_url(url)), events_table.c
+            async with engine.begin() as conn:
+                where = (c.job_id == job_id) & (c.seq == seq)
+                await conn.execute(update(events_table).where(where).values(data=data))
+            await engine.dispose()
+
+        return tamper
+
+
+class TestSqliteEventLog(SqlContract):
+    @pytest.fixture
+    def url(self, sqlite_url: str) -> str:
+        return sqlite_url.replace("+aiosqlite", "")  # the adapter fills in the async driver
+
+    @pytest.fixture
+    def unreachable_url(self, tmp_path: Path) -> str:
+        return f"sqlite+aiosqlite:///{tmp_path}/missing-dir/jobtrail.db"
+
+
+class TestPostgresEventLog(SqlContract):
+    @pytest.fixture
+    def url(self, pg_url: str) -> str:
+        return pg_url.replace("+asyncpg", "")  # the adapter fills in the async driver
+
+    @pytest.fixture
+    def unreachable_url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/jobtrail"
+
+
+class TestMongoEventLog(ServerBackedContract):
+    @pytest.fixture
+    async def log(self, mongo_url: str) -> AsyncIterator[EventLog]:
+        log = MongoEventLog(mongo_url, page_size=PAGE_SIZE)
+        await log.ensure_schema()
+        yield log
+        await log.close()
+
+    @pytest.fixture
+    async def tamper(self, mongo_url: str) -> AsyncIterator[Tamper]:
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url)
+
+        async def tamper(job_id: str, seq: int, data: str) -> None:
+            events = client.get_default_database().get_collection("events")
+            entry, change = {"job_id": job_id, "seq": seq}, {"$set": {"data": data}}
+            assert (await events.update_one(entry, change)).modified_count == 1
+
+        yield tamper
+        await client.close()
+
+    @pytest.mark.parametrize("rival_is_the_same_event", [False, True])
+    async def test_a_batch_that_loses_a_race_midway_appends_the_rest_one_by_one(
+        self, log: MongoEventLog, monkeypatch: pytest.MonkeyPatch, rival_is_the_same_event: bool
+    ) -> None:
+        # White-box: a rival append lands between the batch's read of the job tips and its
+        # ordered insert_many, so the insert stops at job-b and the rest must go one by one.
+        await log.append(submitted("job-a"), T0)
+        batch = [heartbeat("job-a", 1), heartbeat("job-b", 1), heartbeat("job-a", 2)]
+        rival = batch[1] if rival_is_the_same_event else heartbeat("job-b", 9)
+        read_tips = log._tips
+
+        async def tips_then_rival(job_ids: set[str]) -> dict[str, tuple[int, str]]:
+            tips = await read_tips(job_ids)
+            await log.append(rival, T0)
+            return tips
+
+        monkeypatch.setattr(log, "_tips", tips_then_rival)
+        outcomes = await log.append_many(batch, T0)
+        b_status = AppendStatus.DUPLICATE if rival_is_the_same_event else AppendStatus.APPENDED
+        b_seq = 1 if rival_is_the_same_event else 2
+        assert [(o.job_id, o.status, o.seq) for o in outcomes] == [
+            ("job-a", AppendStatus.APPENDED, 2),
+            ("job-b", b_status, b_seq),
+            ("job-a", AppendStatus.APPENDED, 3),
+        ]
+        for job in ("job-a", "job-b"):
+            assert verify_chain(job, await log.read_job_raw(job)) is None
+        assert await log.count() == 5 - rival_is_the_same_event
+
+    @pytest.fixture
+    def unreachable_url(self) -> str:
+        port = free_port()
+        return f"mongodb://127.0.0.1:{port}/jobtrail?directConnection=true&serverSelectionTimeoutMS=300"
