@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     event,
     func,
     select,
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.adapters.memory_log import (
     DEFAULT_PAGE_SIZE,
@@ -41,7 +42,7 @@ from app.adapters.memory_log import (
     duplicate,
     truncate_ms,
 )
-from app.domain.chain import RecordedEvent, StoredEvent
+from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
 from app.ports import AppendOutcome, LogUnavailable
 
@@ -213,8 +214,35 @@ class SqlEventLog:
     async def append_many(
         self, events: Sequence[JobEvent], recorded_at: datetime
     ) -> list[AppendOutcome]:
+        """One transaction with one multi-row insert; on a conflict, each event alone."""
         at = truncate_ms(recorded_at)
+        if not events:
+            return []
+        batch = await self._append_batch(events, at)
+        if batch is not None:
+            return batch
         return [await self.append(event, at) for event in events]
+
+    async def _append_batch(
+        self, events: Sequence[JobEvent], at: datetime
+    ) -> list[AppendOutcome] | None:
+        """Plan seqs from the jobs' tips, insert all at once; None if a rival writer interfered."""
+        try:
+            async with self._engine.begin() as conn:
+                known = await _known_ids(conn, [str(e.event_id) for e in events])
+                tips = await _tips(conn, sorted({e.job_id for e in events}))
+                outcomes, rows = _plan(events, at, known, tips)
+                if rows:
+                    await conn.execute(events_table.insert(), rows)
+        except IntegrityError:
+            return None
+        except OperationalError as exc:
+            if _is_locked(exc):
+                return None
+            raise _unavailable("append", exc) from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable("append", exc) from exc
+        return outcomes
 
     async def read_job(self, job_id: str, *, until: datetime | None = None) -> list[RecordedEvent]:
         query = select(*_RAW).where(_c.job_id == job_id).order_by(_c.seq)
@@ -267,3 +295,54 @@ class SqlEventLog:
                 return (await conn.execute(query)).all()
         except (SQLAlchemyError, OSError) as exc:
             raise _unavailable(action, exc) from exc
+
+
+def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[i : i + READ_JOBS_CHUNK] for i in range(0, len(items), READ_JOBS_CHUNK)]
+
+
+async def _known_ids(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    known: dict[str, tuple[str, int]] = {}
+    for chunk in _chunks(ids):
+        query = select(_c.event_id, _c.job_id, _c.seq).where(_c.event_id.in_(chunk))
+        known |= {row.event_id: (row.job_id, row.seq) for row in await conn.execute(query)}
+    return known
+
+
+async def _tips(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """The last (seq, hash) of each job that has entries."""
+    tips: dict[str, tuple[int, str]] = {}
+    for chunk in _chunks(job_ids):
+        last = (
+            select(_c.job_id, func.max(_c.seq).label("seq"))
+            .where(_c.job_id.in_(chunk))
+            .group_by(_c.job_id)
+            .subquery()
+        )
+        query = select(_c.job_id, _c.seq, _c.hash).join(
+            last, and_(_c.job_id == last.c.job_id, _c.seq == last.c.seq)
+        )
+        tips |= {row.job_id: (row.seq, row.hash) for row in await conn.execute(query)}
+    return tips
+
+
+def _plan(
+    events: Sequence[JobEvent],
+    at: datetime,
+    known: dict[str, tuple[str, int]],
+    tips: dict[str, tuple[int, str]],
+) -> tuple[list[AppendOutcome], list[dict[str, Any]]]:
+    """Outcomes in order and the rows to insert, chaining events of one job within the batch."""
+    outcomes: list[AppendOutcome] = []
+    rows: list[dict[str, Any]] = []
+    for job_event in events:
+        event_id = str(job_event.event_id)
+        if event_id in known:
+            outcomes.append(duplicate(event_id, *known[event_id]))
+            continue
+        entry = chain_entry(job_event, at, *tips.get(job_event.job_id, (0, GENESIS_HASH)))
+        tips[job_event.job_id] = (entry.seq, entry.hash)
+        known[event_id] = (entry.job_id, entry.seq)
+        outcomes.append(appended(entry))
+        rows.append(_row(entry, job_event))
+    return outcomes, rows
