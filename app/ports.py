@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -201,6 +201,15 @@ class ProjectionStore(Protocol):
 
     async def due_timers(self, now: datetime, limit: int) -> list[TimerRow]:
         """Timers with ``due_at <= now``, earliest first."""
+        ...
+
+    async def claim_due_timers(
+        self, now: datetime, limit: int, hold: timedelta
+    ) -> list[TimerRow]:
+        """Due timers, claimed until ``now + hold`` so other trackers skip them meanwhile.
+
+        A projection update of the job releases its claim (the timer row is replaced).
+        """
         ...
 
     async def next_timer_at(self) -> datetime | None:

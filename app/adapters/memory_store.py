@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from app.ports import AttemptRow, JobRow, OutboxMessage, ProjectionUpdate, TimerRow
@@ -61,6 +61,7 @@ class InMemoryProjectionStore:
         self._outbox: dict[str, OutboxMessage] = {}
         self._published: dict[str, datetime] = {}
         self._timers: dict[str, TimerRow] = {}
+        self._claims: dict[str, datetime] = {}
         self._checkpoints: dict[str, str] = {}
 
     async def apply(
@@ -89,6 +90,7 @@ class InMemoryProjectionStore:
                 created_at = message.created_at or now
                 stamped = replace(message, headers=dict(message.headers), created_at=created_at)
                 self._outbox[message.event_id] = _utc(stamped)
+        self._claims.pop(job_id, None)
         if update.timer is None:
             self._timers.pop(job_id, None)
         else:
@@ -115,6 +117,17 @@ class InMemoryProjectionStore:
         """Timers with ``due_at <= now``, earliest first (then by job_id)."""
         due = [t for t in self._timers.values() if t.due_at <= now]
         return sorted(due, key=lambda t: (t.due_at, t.job_id))[:limit]
+
+    async def claim_due_timers(self, now: datetime, limit: int, hold: timedelta) -> list[TimerRow]:
+        """Claim due timers nobody holds until ``now + hold``."""
+        free = [
+            t
+            for t in await self.due_timers(now, len(self._timers))
+            if self._claims.get(t.job_id, now) <= now
+        ][:limit]
+        for t in free:
+            self._claims[t.job_id] = now + hold
+        return free
 
     async def next_timer_at(self) -> datetime | None:
         """The earliest ``due_at`` of any timer."""

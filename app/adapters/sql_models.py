@@ -70,6 +70,19 @@ def _at(column: str, *, nullable: bool = True) -> Column[datetime]:
     return Column(column, UtcDateTime(), nullable=nullable)
 
 
+LIST_FILTERS = (
+    "status",
+    "queue",
+    "pool",
+    "tenant",
+    "model",
+    "priority",
+    "job_type",
+    "last_error_code",
+    "node_id",
+)
+"""Columns the Cloud lists jobs by; each has a paging index."""
+
 jobs = Table(
     "jobs",
     projection_metadata,
@@ -93,14 +106,9 @@ jobs = Table(
     Column("last_seq", Integer, nullable=False),
     _at("submitted_at"),
     _at("updated_at"),
-    Index("ix_jobs_status_updated_at", "status", "updated_at"),
-    Index("ix_jobs_pool_status", "pool", "status"),
-    Index("ix_jobs_tenant_status", "tenant", "status"),
-    Index("ix_jobs_model_status", "model", "status"),
-    Index("ix_jobs_queue_status", "queue", "status"),
-    Index("ix_jobs_priority_status", "priority", "status"),
-    Index("ix_jobs_job_type_status", "job_type", "status"),
-    Index("ix_jobs_updated_at", "updated_at"),
+    # A filtered page walks (filter, updated_at, job_id) in order: no sort, no scan (0002).
+    *(Index(f"ix_jobs_{c}_page", c, "updated_at", "job_id") for c in LIST_FILTERS),
+    Index("ix_jobs_page", "updated_at", "job_id"),
 )
 
 attempts = Table(
@@ -115,6 +123,7 @@ attempts = Table(
     _at("ended_at"),
     _name("outcome", length=KIND_LENGTH),
     _name("error_code"),
+    Index("ix_attempts_ended_at", "ended_at", "outcome"),
 )
 
 outbox = Table(
@@ -147,6 +156,7 @@ timers = Table(
     Column("job_id", Identifier, primary_key=True),
     _at("due_at", nullable=False),
     _name("kind", nullable=False, length=KIND_LENGTH),
+    _at("claimed_until"),
     Index("ix_timers_due_at", "due_at"),
 )
 

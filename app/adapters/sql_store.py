@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -301,6 +301,28 @@ class SqlProjectionStore:
         with _driver_errors("reading due timers"):
             async with self._engine.connect() as conn:
                 return [TimerRow(**row._mapping) for row in await conn.execute(query)]
+
+    async def claim_due_timers(self, now: datetime, limit: int, hold: timedelta) -> list[TimerRow]:
+        """Claim due timers nobody holds until ``now + hold``; concurrent claimers skip them."""
+        free = or_(timers.c.claimed_until.is_(None), timers.c.claimed_until <= now)
+        due = (
+            select(timers.c.job_id)
+            .where(timers.c.due_at <= now, free)
+            .order_by(timers.c.due_at, timers.c.job_id)
+            .limit(limit)
+        )
+        if self._engine.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        claim = (
+            update(timers)
+            .where(timers.c.job_id.in_(due.scalar_subquery()))
+            .values(claimed_until=now + hold)
+            .returning(timers.c.job_id, timers.c.due_at, timers.c.kind)
+        )
+        with _driver_errors("claiming due timers"):
+            async with self._writer.begin() as conn:
+                rows = [TimerRow(**row._mapping) for row in await conn.execute(claim)]
+        return sorted(rows, key=lambda t: (t.due_at, t.job_id))
 
     async def next_timer_at(self) -> datetime | None:
         """The earliest ``due_at`` of any timer."""

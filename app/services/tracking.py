@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from app.domain.chain import RecordedEvent
 from app.domain.decide import decide
@@ -23,6 +23,8 @@ from app.ports import AppendOutcome, Clock, EventLog, ProjectionStore
 from app.services.projection import projection_update
 
 MAX_DECISIONS_PER_SETTLE = 8
+TIMER_CLAIM = timedelta(seconds=10)
+"""How long a claimed timer is left to its claimer before another tracker may fire it."""
 
 log = logging.getLogger("jobtrail.tracking")
 
@@ -71,7 +73,7 @@ class Tracker:
     async def fire_due_timers(self, limit: int = 500) -> int:
         """Settle every job whose deadline has passed; returns how many were due."""
         now = self.clock.now()
-        due = await self.store.due_timers(now, limit)
+        due = await self.store.claim_due_timers(now, limit, TIMER_CLAIM)
         if due:
             await self.settle([t.job_id for t in due], now)
         return len(due)

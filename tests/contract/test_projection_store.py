@@ -240,6 +240,17 @@ class ProjectionStoreContract:
         assert await store.due_timers(T0 + timedelta(hours=1), 10) == []
         assert await store.next_timer_at() is None
 
+    async def test_claimed_timers_are_skipped_until_the_claim_ends(self, store: Store) -> None:
+        hold = timedelta(seconds=10)
+        await store.apply([ProjectionUpdate(job=job(j), timer=timer(j, T0)) for j in ("a", "b")])
+        first = await store.claim_due_timers(T0, 1, hold)
+        assert [t.job_id for t in first] == ["a"]
+        assert [t.job_id for t in await store.claim_due_timers(T0, 10, hold)] == ["b"]
+        assert await store.claim_due_timers(T0 + hold - timedelta(seconds=1), 10, hold) == []
+        assert [t.job_id for t in await store.claim_due_timers(T0 + hold, 10, hold)] == ["a", "b"]
+        await store.apply([ProjectionUpdate(job=job("a", last_seq=2), timer=timer("a", T0))])
+        assert [t.job_id for t in await store.claim_due_timers(T0 + hold, 10, hold)] == ["a"]
+
     async def test_checkpoints_upsert_and_read(self, store: Store) -> None:
         assert await store.get_checkpoint("partition-0") is None
         await store.apply([], {"partition-0": "17", "partition-1": "3"})

@@ -18,7 +18,7 @@ from sqlalchemy import MetaData, inspect, text
 from sqlalchemy.engine import Connection
 
 from app.adapters.sql_log import log_metadata
-from app.adapters.sql_models import projection_metadata
+from app.adapters.sql_models import LIST_FILTERS, projection_metadata
 from app.adapters.sql_schema import ROOT, alembic_config, make_engine, migrate
 from app.ports import ProjectionUnavailable
 from tests import servers
@@ -26,16 +26,8 @@ from tests import servers
 pytestmark = pytest.mark.integration
 
 TABLES = {"jobs", "attempts", "outbox", "timers", "checkpoints", "jobtrail_events"}
-JOB_INDEXES = {
-    "ix_jobs_status_updated_at",
-    "ix_jobs_pool_status",
-    "ix_jobs_tenant_status",
-    "ix_jobs_model_status",
-    "ix_jobs_queue_status",
-    "ix_jobs_priority_status",
-    "ix_jobs_job_type_status",
-    "ix_jobs_updated_at",
-}
+JOB_INDEXES = {f"ix_jobs_{c}_page" for c in LIST_FILTERS} | {"ix_jobs_page"}
+HEAD = "0002"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -86,7 +78,7 @@ async def test_migrate_creates_every_table_and_index(url: str) -> None:
     await migrate(url)
     found = await schema(url)
     assert found["tables"] == TABLES
-    assert found["version"] == "0001"
+    assert found["version"] == HEAD
     assert found["indexes"]["jobs"] == JOB_INDEXES
     assert found["indexes"]["outbox"] == {"ix_outbox_unpublished"}
     assert found["indexes"]["timers"] == {"ix_timers_due_at"}
@@ -119,7 +111,7 @@ async def test_migrating_twice_is_a_no_op(url: str) -> None:
         assert value == "kept"
     finally:
         await engine.dispose()
-    assert (await schema(url))["version"] == "0001"
+    assert (await schema(url))["version"] == HEAD
 
 
 async def test_downgrade_to_base_then_upgrade_head_with_the_cli(url: str) -> None:

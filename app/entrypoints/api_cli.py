@@ -1,0 +1,208 @@
+"""``jobtrail api`` (serve the HTTP API) and ``jobtrail jobs`` (list jobs, with the API's filters).
+
+``serve_api`` is also how ``jobtrail serve`` runs the API next to the tracker, in the same event
+loop: uvicorn is started on a socket bound here and leaves signal handling to its host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from app.adapters.sql_queries import SqlJobQueries
+from app.bootstrap import Readers, open_readers
+from app.entrypoints import logs
+from app.entrypoints.api_auth import Tokens, load_tokens
+from app.entrypoints.cli_common import JsonOpt, app, fail, load_settings, run
+from app.entrypoints.metrics import Metrics
+from app.ports import JobRow
+from app.services.ingest import Health
+from app.services.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobFilter, JobPage, list_jobs
+from app.settings import Settings
+
+log = logging.getLogger("jobtrail.api")
+
+SHUTDOWN_GRACE_SECONDS = 10
+TABLE_COLUMNS = ("updated_at", "job_id", "status", "attempt", "queue", "pool", "tenant", "model")
+MAX_CELL = 40
+
+
+def row_json(row: JobRow) -> dict[str, Any]:
+    """A job row as JSON: ISO-8601 instants, nulls kept (the API's and ``jobs --json``'s shape)."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(row).items()}
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGTERM / SIGINT to the process hosting it."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free one); ValueError if impossible."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+async def serve_api(
+    settings: Settings,
+    readers: Readers,
+    health: Health | None,
+    metrics: Metrics,
+    stop: asyncio.Event,
+    *,
+    tokens: Tokens | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve the API in this event loop until ``stop`` is set, then close ``sock``.
+
+    ``sock`` (from ``listen``) defaults to one on JOBTRAIL_HTTP_HOST:PORT. Raises ValueError,
+    before serving, for invalid tokens or an address it cannot listen on.
+    """
+    from app.entrypoints.api import create_api  # FastAPI is loaded only by commands that serve
+
+    api = create_api(settings, readers, health=health, metrics=metrics, tokens=tokens)
+    if sock is None:
+        sock = listen(settings.http_host, settings.http_port)
+    server = _EmbeddedServer(
+        uvicorn.Config(
+            api, log_config=None, access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS
+        )
+    )
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="jobtrail-api")
+    stopping = asyncio.create_task(stop.wait(), name="jobtrail-api-stop")
+    # The socket already listens: connections made from now on wait in its backlog.
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log.info("jobtrail api listening", extra={"url": f"http://{shown}:{port}"})
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        server.should_exit = True
+        await serving
+        sock.close()
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API on JOBTRAIL_HTTP_HOST:JOBTRAIL_HTTP_PORT until SIGTERM."""
+    settings = load_settings()
+    run(lambda: _api(settings))
+
+
+async def _api(settings: Settings) -> int:
+    tokens = load_tokens()
+    readers = open_readers(settings)
+    logs.configure(settings.log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await serve_api(settings, readers, None, Metrics(), stop, tokens=tokens)
+    finally:
+        await readers.close()
+    log.info("jobtrail api stopped")
+    return 0
+
+
+def _option(help_text: str) -> Any:
+    return typer.Option(help=help_text, show_default=False)
+
+
+@app.command()
+def jobs(
+    status: Annotated[str | None, _option("queued, reserved, cooling_down, completed, …")] = None,
+    queue: Annotated[str | None, _option("Current work queue.")] = None,
+    pool: Annotated[str | None, _option("Current pool.")] = None,
+    tenant: Annotated[str | None, _option("Tenant.")] = None,
+    model: Annotated[str | None, _option("Model.")] = None,
+    priority: Annotated[str | None, _option("urgent, bulk or test.")] = None,
+    job_type: Annotated[str | None, _option("sync, polling, batch or stream.")] = None,
+    updated_since: Annotated[str | None, _option("Changed at or after (ISO-8601).")] = None,
+    updated_until: Annotated[str | None, _option("Changed before (ISO-8601).")] = None,
+    error_code: Annotated[str | None, _option("Last error code.")] = None,
+    node_id: Annotated[str | None, _option("Node of the current attempt.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, _option("next_cursor of the previous page.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs matching every filter, most recently changed first, one page at a time."""
+    given = {
+        "status": status,
+        "queue": queue,
+        "pool": pool,
+        "tenant": tenant,
+        "model": model,
+        "priority": priority,
+        "job_type": job_type,
+        "updated_since": updated_since,
+        "updated_until": updated_until,
+        "error_code": error_code,
+        "node_id": node_id,
+    }
+    filters = parse_filters({k: v for k, v in given.items() if v is not None})
+    settings = load_settings()
+    run(lambda: _jobs(settings, filters, limit, cursor, as_json))
+
+
+def parse_filters(values: dict[str, str]) -> JobFilter:
+    """The filters, or one line on standard error naming the bad option (exit 2)."""
+    try:
+        return JobFilter.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        option = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "filters"
+        fail(f"invalid {option}: {error['msg'].removeprefix('Value error, ')}", 2)
+
+
+async def _jobs(
+    settings: Settings, filters: JobFilter, limit: int, cursor: str | None, as_json: bool
+) -> int:
+    queries = SqlJobQueries(settings.sql_url)
+    try:
+        page = await list_jobs(queries, filters, limit=limit, cursor=cursor)
+    finally:
+        await queries.close()
+    if as_json:
+        items = [row_json(row) for row in page.items]
+        typer.echo(json.dumps({"items": items, "next_cursor": page.next_cursor}))
+    else:
+        _print_table(page)
+    return 0
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def _print_table(page: JobPage) -> None:
+    rows = [[_cell(row_json(job)[c]) for c in TABLE_COLUMNS] for job in page.items]
+    if not rows:
+        typer.echo("no matching jobs", err=True)
+        return
+    header = [c.upper() for c in TABLE_COLUMNS]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for line in [header, *rows]:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    if page.next_cursor is not None:
+        typer.echo(f"more: --cursor {page.next_cursor}", err=True)
