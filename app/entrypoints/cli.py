@@ -16,7 +16,8 @@ import typer
 
 from app.bootstrap import Readers, build_tracking, prepare_storage
 from app.domain.chain import RecordedEvent, StoredEvent, verify_chain
-from app.entrypoints import bench_cli, logs  # bench_cli registers `jobtrail bench`
+from app.entrypoints import api_cli, bench_cli, logs  # noqa: F401 - they register commands
+from app.entrypoints.api_cli import listen, serve_api
 from app.entrypoints.cli_common import (
     USAGE_ERROR,
     JobIdArg,
@@ -27,6 +28,7 @@ from app.entrypoints.cli_common import (
     run,
     with_readers,
 )
+from app.entrypoints.metrics import Metrics
 from app.ports import JobRow
 from app.services.projection import job_row
 from app.services.tracking import fold_history
@@ -52,8 +54,11 @@ async def _serve(settings: Settings) -> int:
             "Set JOBTRAIL_LOG_URL=mongodb://... for production.",
             settings.log_url,
         )
+    sock = listen(settings.http_host, settings.http_port)  # a taken port fails before anything runs
     await prepare_storage(settings)
     tracking = build_tracking(settings)
+    metrics = Metrics()
+    metrics.watch(tracking)
     await tracking.start()
     stream = create_app(tracking)
     stop = asyncio.Event()
@@ -61,14 +66,19 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stream.start()
+    api = asyncio.create_task(
+        serve_api(settings, tracking.readers, tracking.health, metrics, stop, sock=sock)
+    )
     log.info(
         "jobtrail serving",
         extra={"rabbit": _redact(settings.rabbit_url), "mongo": settings.uses_mongo},
     )
-    await stop.wait()
+    await asyncio.wait({api, asyncio.create_task(stop.wait())}, return_when="FIRST_COMPLETED")
+    stop.set()
     log.info("jobtrail stopping")
     await stream.stop()
     await tracking.stop()
+    await api  # re-raises if the API server crashed
     log.info("jobtrail stopped")
     return 0
 

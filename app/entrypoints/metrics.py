@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +24,9 @@ from prometheus_client import (
 
 from app.domain.events import DERIVED_TYPES, EVENT_TYPES, DeadLettered, DeadLetterReason, JobEvent
 from app.domain.state import JobState
+
+if TYPE_CHECKING:
+    from app.bootstrap import Tracking
 
 OTHER = "other"
 MAX_LABEL_VALUES = 64
@@ -147,6 +151,18 @@ class Metrics:
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one API request under its route template (never its concrete path)."""
         self._requests.labels(self._method(method), route, str(status)).observe(seconds)
+
+    def watch(self, tracking: Tracking) -> None:
+        """Hook these metrics into a tracker's events, decisions, quarantine and timers."""
+        tracking.tracker.on_decision = self.on_decision
+        tracking.tracker.on_recorded = self._recorded_batch
+        tracking.tracker.on_timer_lag = self.timer_lag
+        tracking.ingestor.quarantined = self.quarantined
+
+    def _recorded_batch(self, events: Sequence[JobEvent], now: datetime) -> None:
+        self.recorded(events)
+        if events:
+            self.projection_lag((now - min(e.occurred_at for e in events)).total_seconds())
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -19,7 +19,7 @@ from app.domain.events import JobEvent
 from app.domain.machine import fold
 from app.domain.policy import Policy
 from app.domain.state import JobState
-from app.ports import AppendOutcome, Clock, EventLog, ProjectionStore
+from app.ports import AppendOutcome, AppendStatus, Clock, EventLog, ProjectionStore
 from app.services.projection import projection_update
 
 MAX_DECISIONS_PER_SETTLE = 8
@@ -41,12 +41,23 @@ class Tracker:
     clock: Clock
     on_decision: DecisionListener | None = None
     on_outbox: Callable[[], None] | None = None
+    on_recorded: Callable[[Sequence[JobEvent], datetime], None] | None = None
+    """Called after each committed batch with the events newly appended (not duplicates)."""
+    on_timer_lag: Callable[[float], None] | None = None
+    """Called with how late (seconds) the earliest due timer fired."""
 
     async def record(self, events: Sequence[JobEvent]) -> list[AppendOutcome]:
         """Append events (idempotently), then settle and project every job they touch."""
         now = self.clock.now()
         outcomes = await self.log.append_many(events, now)
         await self.settle(_unique(e.job_id for e in events), now)
+        if self.on_recorded is not None:
+            fresh = [
+                e
+                for e, o in zip(events, outcomes, strict=True)
+                if o.status is AppendStatus.APPENDED
+            ]
+            self.on_recorded(fresh, self.clock.now())
         return outcomes
 
     async def settle(self, job_ids: Sequence[str], now: datetime | None = None) -> None:
@@ -76,6 +87,8 @@ class Tracker:
         due = await self.store.claim_due_timers(now, limit, TIMER_CLAIM)
         if due:
             await self.settle([t.job_id for t in due], now)
+        if self.on_timer_lag is not None:
+            self.on_timer_lag((now - due[0].due_at).total_seconds() if due else 0.0)
         return len(due)
 
     async def _decide_all(

@@ -99,6 +99,7 @@ def tracker_env(rabbit_url: str, log_url: str, sql_url: str, workdir: Path) -> d
         "JOBTRAIL_SQL_URL": sql_url,
         "JOBTRAIL_POLICY_FILE": str(policy),
         "JOBTRAIL_TIMER_INTERVAL_MS": "100",
+        "JOBTRAIL_HTTP_PORT": "0",
         "PYTHONPATH": str(ROOT),
     }
     return env
