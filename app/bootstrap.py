@@ -116,7 +116,9 @@ def build_tracking(settings: Settings) -> Tracking:
     readers = open_readers(settings)
     clock = SystemClock()
     publisher = RabbitPublisher(
-        settings.rabbit_url, max_priority=readers.policy.document.max_priority
+        settings.rabbit_url,
+        partitions=settings.partitions,
+        max_priority=readers.policy.document.max_priority,
     )
     health = Health()
     relay = OutboxRelay(readers.store, publisher, clock)
@@ -132,7 +134,7 @@ def build_tracking(settings: Settings) -> Tracking:
         health=health,
         tracker=tracker,
         batcher=batcher,
-        ingestor=Ingestor(batcher, publisher),
+        ingestor=Ingestor(batcher, publisher, rekey_unkeyed=settings.partitions > 1),
         relay=relay,
         timers=TimerLoop(tracker, health, interval=settings.timer_interval_ms / 1000),
     )

@@ -203,9 +203,7 @@ class ProjectionStore(Protocol):
         """Timers with ``due_at <= now``, earliest first."""
         ...
 
-    async def claim_due_timers(
-        self, now: datetime, limit: int, hold: timedelta
-    ) -> list[TimerRow]:
+    async def claim_due_timers(self, now: datetime, limit: int, hold: timedelta) -> list[TimerRow]:
         """Due timers, claimed until ``now + hold`` so other trackers skip them meanwhile.
 
         A projection update of the job releases its claim (the timer row is replaced).
@@ -233,3 +231,7 @@ class Publisher(Protocol):
     async def publish(self, message: OutboxMessage) -> None: ...
 
     async def quarantine(self, body: bytes, reason: str, headers: Mapping[str, str]) -> None: ...
+
+    async def rekey(self, body: bytes, routing_key: str, job_id: str) -> None:
+        """Publish an event again with its job-id header (it came without one)."""
+        ...

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    partitions: int = Field(default=4, ge=1, le=64)
+    """Partition queues jobs are spread over; every tracker of a deployment must agree."""
     prefetch: int = Field(default=256, ge=1, le=65535)
     batch_size: int = Field(default=256, ge=1, le=10000)
     batch_wait_ms: float = Field(default=10.0, ge=0, le=10000)

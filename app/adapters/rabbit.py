@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from app.ports import OutboxMessage, PublishFailed
 
 EVENTS_EXCHANGE = "jobtrail.events"
-TRACKER_QUEUE = "jobtrail.tracker"
+PARTITION_EXCHANGE = "jobtrail.partitions"
 QUARANTINE_QUEUE = "jobtrail.quarantine"
 DEAD_QUEUE = "jobtrail.dead"
 BROKER_DLX = "jobtrail.broker-dlx"
@@ -32,6 +32,7 @@ TRACKER_DELIVERY_LIMIT = 50
 
 TRACKER_QUEUE_ARGS: dict[str, Any] = {
     "x-queue-type": "quorum",
+    "x-single-active-consumer": True,
     "x-delivery-limit": TRACKER_DELIVERY_LIMIT,
     "x-dead-letter-exchange": "",
     "x-dead-letter-routing-key": QUARANTINE_QUEUE,
@@ -49,6 +50,11 @@ _BROKER_ERRORS = (
 )
 
 
+def partition_queue(index: int) -> str:
+    """The name of partition queue ``index`` (``jobtrail.tracker.<index>``)."""
+    return f"jobtrail.tracker.{index}"
+
+
 def work_queue_args(max_priority: int) -> dict[str, Any]:
     """Arguments of every work queue: priorities and broker dead-lettering to Jobtrail."""
     return {"x-max-priority": max_priority, "x-dead-letter-exchange": BROKER_DLX}
@@ -57,8 +63,11 @@ def work_queue_args(max_priority: int) -> dict[str, Any]:
 class RabbitPublisher:
     """Confirmed publishes for the outbox relay and the quarantine."""
 
-    def __init__(self, url: str, *, max_priority: int = 9, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, partitions: int = 1, max_priority: int = 9, timeout: float = 10.0
+    ) -> None:
         self._url = url
+        self._partitions = partitions
         self._max_priority = max_priority
         self._timeout = timeout
         self._connection: AbstractRobustConnection | None = None
@@ -71,7 +80,12 @@ class RabbitPublisher:
         try:
             self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
             self._channel = await self._open_channel()
-            await declare_topology(self._channel)
+            await declare_topology(self._channel, self._partitions)
+        except aiormq.exceptions.ConnectionCommandInvalid as exc:
+            raise PublishFailed(
+                f"RabbitMQ refused Jobtrail's topology ({exc}); is the "
+                "rabbitmq_consistent_hash_exchange plugin enabled?"
+            ) from exc
         except _BROKER_ERRORS as exc:
             raise PublishFailed(f"cannot reach RabbitMQ: {exc!r}") from exc
 
@@ -93,6 +107,21 @@ class RabbitPublisher:
             )
         except _BROKER_ERRORS as exc:
             raise PublishFailed(f"publish to {message.routing_key} failed: {exc!r}") from exc
+
+    async def rekey(self, body: bytes, routing_key: str, job_id: str) -> None:
+        """Publish an event again with its job-id header, so its job's partition gets it."""
+        try:
+            channel = await self._live_channel()
+            message = aio_pika.Message(
+                body,
+                headers={JOB_ID_HEADER: job_id},
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+            await exchange.publish(message, routing_key=routing_key, mandatory=True)
+        except _BROKER_ERRORS as exc:
+            raise PublishFailed(f"re-publishing an event for {job_id} failed: {exc!r}") from exc
 
     async def quarantine(self, body: bytes, reason: str, headers: Mapping[str, str]) -> None:
         """Park an unacceptable message with its reason in ``x-jobtrail-reason``."""
@@ -154,18 +183,31 @@ class RabbitPublisher:
 
     async def _open_channel(self) -> AbstractRobustChannel:
         assert self._connection is not None
-        return await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
+        return await self._connection.channel(publisher_confirms=True, on_return_raises=True)
 
 
-async def declare_topology(channel: aio_pika.abc.AbstractChannel) -> None:
-    """Declare the exchanges and queues Jobtrail owns (idempotent)."""
+async def declare_topology(channel: aio_pika.abc.AbstractChannel, partitions: int = 1) -> None:
+    """Declare the exchanges and queues Jobtrail owns (idempotent).
+
+    ``jobtrail.events`` (topic) feeds ``jobtrail.partitions`` (consistent hash on the
+    ``x-jobtrail-job-id`` header), which spreads jobs over the partition queues
+    ``jobtrail.tracker.<n>``; each has a single active consumer, so one tracker owns a job.
+    """
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    tracker = await channel.declare_queue(TRACKER_QUEUE, durable=True, arguments=TRACKER_QUEUE_ARGS)
-    await tracker.bind(events, routing_key=EVENTS_ROUTING)
+    spread = await channel.declare_exchange(
+        PARTITION_EXCHANGE,
+        aio_pika.ExchangeType.X_CONSISTENT_HASH,
+        durable=True,
+        arguments={"hash-header": JOB_ID_HEADER},
+    )
+    await spread.bind(events, routing_key=EVENTS_ROUTING)
+    for index in range(partitions):
+        queue = await channel.declare_queue(
+            partition_queue(index), durable=True, arguments=TRACKER_QUEUE_ARGS
+        )
+        await queue.bind(spread, routing_key="1")  # equal weights
     await channel.declare_queue(QUARANTINE_QUEUE, durable=True)
     await channel.declare_queue(DEAD_QUEUE, durable=True)
     dlx = await channel.declare_exchange(BROKER_DLX, aio_pika.ExchangeType.FANOUT, durable=True)

@@ -11,9 +11,9 @@ import aio_pika
 from app.adapters.rabbit import (
     EVENTS_EXCHANGE,
     JOB_ID_HEADER,
-    TRACKER_QUEUE,
     TRACKER_QUEUE_ARGS,
     declare_topology,
+    partition_queue,
 )
 from app.bench.rabbit_setup import publish_confirmed
 from app.bootstrap import build_tracking, prepare_storage
@@ -75,10 +75,10 @@ async def jobtrail_ingest_rate(
     connection = await aio_pika.connect(settings.rabbit_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        await declare_topology(channel)
+        await declare_topology(channel, settings.partitions)
         exchange = await channel.get_exchange(EVENTS_EXCHANGE)
         await publish_confirmed(channel, exchange, encoded(events))
-        await _wait_for_depth(channel, TRACKER_QUEUE, len(events))
+        await _wait_for_depth(channel, settings.partitions, len(events))
     finally:
         await connection.close()
     tracking = build_tracking(settings)
@@ -98,11 +98,16 @@ async def jobtrail_ingest_rate(
         await tracking.stop()
 
 
-async def _wait_for_depth(channel: aio_pika.abc.AbstractChannel, queue: str, depth: int) -> None:
-    """Wait until the broker reports every published message in ``queue``."""
+async def _wait_for_depth(
+    channel: aio_pika.abc.AbstractChannel, partitions: int, depth: int
+) -> None:
+    """Wait until the broker reports every published message in the partition queues."""
     for _ in range(600):
-        declared = await channel.declare_queue(queue, passive=True)
-        if (declared.declaration_result.message_count or 0) >= depth:
+        total = 0
+        for index in range(partitions):
+            declared = await channel.declare_queue(partition_queue(index), passive=True)
+            total += declared.declaration_result.message_count or 0
+        if total >= depth:
             return
         await asyncio.sleep(0.05)
-    raise TimeoutError(f"{queue} never reached {depth} messages")
+    raise TimeoutError(f"the partition queues never held {depth} messages")

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from faststream import AckPolicy, FastStream
-from faststream.rabbit import (
-    Channel,
-    ExchangeType,
-    QueueType,
-    RabbitBroker,
-    RabbitExchange,
-    RabbitMessage,
-    RabbitQueue,
-)
+from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitMessage, RabbitQueue
 
 from app.adapters import rabbit
 from app.bootstrap import Tracking
@@ -23,41 +15,44 @@ from app.services.broker_signals import broker_dead_letter
 log = logging.getLogger("jobtrail.worker")
 
 
+class Incoming(NamedTuple):
+    """A message as delivered: its body, undecoded, and whether it named its job in a header."""
+
+    body: bytes
+    keyed: bool
+
+
+async def _incoming(message: Any) -> Incoming:
+    """Hand the body over undecoded: validation (and quarantine) is the service's job.
+
+    Reading the header here, in the decoder, costs nothing; injecting the message into the
+    handler would cost a worker-thread round trip per message (see NOTES-stack.md).
+    """
+    headers = message.headers or {}
+    return Incoming(bytes(message.body), rabbit.JOB_ID_HEADER in headers)
+
+
 async def _raw_body(message: Any) -> bytes:
-    """Hand the body over undecoded: validation (and quarantine) is the service's job."""
     return bytes(message.body)
 
 
 def create_app(tracking: Tracking) -> FastStream:
-    """A FastStream app whose subscribers feed ``tracking`` (started separately)."""
+    """A FastStream app whose subscribers feed ``tracking`` (started separately).
+
+    The topology is declared by the publisher when ``tracking`` starts; the subscribers only
+    consume: one per partition queue (single active consumer, so one tracker owns a job) and
+    one for the broker dead-letter queue.
+    """
     settings = tracking.settings
     broker = RabbitBroker(settings.rabbit_url, logger=log, log_level=logging.DEBUG)
-    events = RabbitExchange(rabbit.EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
-    tracker_queue = RabbitQueue(  # type: ignore[call-overload]
-        rabbit.TRACKER_QUEUE,
-        queue_type=QueueType.QUORUM,
-        durable=True,
-        arguments=rabbit.TRACKER_QUEUE_ARGS,
-        routing_key=rabbit.EVENTS_ROUTING,
-    )
+    for index in range(settings.partitions):
+        _subscribe_partition(broker, tracking, index)
     broker_dead = RabbitQueue(  # type: ignore[call-overload]
         rabbit.BROKER_DEAD_QUEUE,
         queue_type=QueueType.QUORUM,
         durable=True,
         arguments=rabbit.BROKER_DEAD_QUEUE_ARGS,
     )
-
-    @broker.subscriber(
-        tracker_queue,
-        events,
-        channel=Channel(prefetch_count=settings.prefetch),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_raw_body,
-        title="jobtrail.tracker",
-        description="Every lifecycle event, from jobtrail.events with routing key job.<type>.",
-    )
-    async def on_event(body: bytes) -> None:
-        await tracking.ingestor.accept(body)
 
     @broker.subscriber(
         broker_dead,
@@ -77,3 +72,26 @@ def create_app(tracking: Tracking) -> FastStream:
         await tracking.batcher.submit(event)
 
     return FastStream(broker, logger=log)
+
+
+def _subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -> None:
+    queue = RabbitQueue(  # type: ignore[call-overload]
+        rabbit.partition_queue(index),
+        queue_type=QueueType.QUORUM,
+        durable=True,
+        arguments=rabbit.TRACKER_QUEUE_ARGS,
+    )
+
+    @broker.subscriber(
+        queue,
+        channel=Channel(prefetch_count=tracking.settings.prefetch),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=_incoming,
+        title=rabbit.partition_queue(index),
+        description=(
+            "Lifecycle events published to jobtrail.events (routing key job.<type>), "
+            "spread over partitions by the x-jobtrail-job-id header."
+        ),
+    )
+    async def on_event(message: Any) -> None:
+        await tracking.ingestor.accept(message.body, keyed=message.keyed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -149,14 +149,22 @@ class Ingestor:
     batcher: Batcher
     publisher: Publisher
     quarantined: Callable[[str], None] | None = None
+    rekey_unkeyed: bool = False
+    """Re-publish events that came without ``x-jobtrail-job-id`` (needed with partitions)."""
 
-    async def accept(self, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+    async def accept(self, body: bytes, *, keyed: bool = True) -> None:
+        """Record, quarantine or re-key one message; returns when it may be acknowledged."""
         event, reason = rejection_reason(body)
         if event is None:
             assert reason is not None
-            await self.publisher.quarantine(body, reason, dict(headers or {}))
+            await self.publisher.quarantine(body, reason, {})
             log.info("quarantined", extra={"reason": reason})
             if self.quarantined is not None:
                 self.quarantined(reason.split(":", 1)[0])
+            return
+        if not keyed and self.rekey_unkeyed:
+            # Without the header the broker cannot tell the job's partition: send it again
+            # with the header, so the job's owner records it.
+            await self.publisher.rekey(body, f"job.{event.type}", event.job_id)
             return
         await self.batcher.submit(event)

@@ -73,11 +73,18 @@ def _publish_all(rabbit: str, events: list[JobEvent], duplicate_every: int = 10)
     asyncio.run(go())
 
 
-def _queue_idle(rabbit: str, queue: str) -> bool:
+def partitions_idle(rabbit: str) -> bool:
+    """Every partition queue empty with nothing unacknowledged (management API figures)."""
     vhost = rabbit.rsplit("/", 1)[1]
     with httpx.Client(base_url=servers.RABBIT_API, auth=servers.RABBIT_API_AUTH, timeout=10) as api:
-        info = api.get(f"/queues/{vhost}/{queue}").json()
-    return info.get("messages", 1) == 0 and info.get("messages_unacknowledged", 1) == 0
+        queues = [
+            q
+            for q in api.get(f"/queues/{vhost}").json()
+            if q["name"].startswith("jobtrail.tracker.")
+        ]
+    return bool(queues) and all(
+        q.get("messages", 1) == 0 and q.get("messages_unacknowledged", 1) == 0 for q in queues
+    )
 
 
 async def _check_log_and_projection(env: dict[str, str], published: set[str]) -> dict[str, int]:
@@ -112,6 +119,18 @@ async def _check_log_and_projection(env: dict[str, str], published: set[str]) ->
         await store.close()
 
 
+def settled_counts(env: dict[str, str], published: set[str], rabbit: str) -> dict[str, int]:
+    """The log/projection counts once every published event is in the log and the queues idle."""
+
+    def all_recorded() -> dict[str, int] | None:
+        counts = asyncio.run(_check_log_and_projection(env, published))
+        return counts if counts["lost"] == 0 else None
+
+    wait_for(all_recorded, "every published event to be recorded", timeout=180)
+    wait_for(lambda: partitions_idle(rabbit), "the partition queues to drain", timeout=60)
+    return asyncio.run(_check_log_and_projection(env, published))
+
+
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(fresh_stack: Tracker) -> None:
     env = fresh_stack.env
     rabbit = env["JOBTRAIL_RABBIT_URL"]
@@ -126,10 +145,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(fresh_stack: Tracker) -
     time.sleep(0.5)
     fresh_stack.kill()  # and once more, while catching up
     fresh_stack.start()
-    wait_for(
-        lambda: _queue_idle(rabbit, "jobtrail.tracker"), "the tracker queue to drain", timeout=120
-    )
-    counts = asyncio.run(_check_log_and_projection(env, published))
+    counts = settled_counts(env, published, rabbit)
     assert counts == {
         "lost": 0,
         "duplicated": 0,

@@ -301,3 +301,29 @@ def test_replaying_the_real_log_reproduces_every_decision(stack: dict[str, str])
     decided, divergences = asyncio.run(go())
     assert decided >= 8  # expiries, retries, a reroute and dead letters were decided above
     assert divergences == []
+
+
+def test_an_event_without_the_job_id_header_is_still_recorded(stack: dict[str, str]) -> None:
+    rabbit = stack["JOBTRAIL_RABBIT_URL"]
+    job = new_job_id()
+    submit(stack, job)
+
+    async def unkeyed(client):  # type: ignore[no-untyped-def]
+        import uuid
+        from datetime import UTC, datetime
+
+        from app.domain.events import Reserved
+
+        event = Reserved(
+            event_id=uuid.uuid4(),
+            job_id=job,
+            occurred_at=datetime.now(UTC),
+            attempt=1,
+            source="legacy-node",
+            node_id="n1",
+        )
+        await client.publish_raw(event.model_dump_json().encode(), "job.reserved", job_id=None)
+
+    publish(rabbit, unkeyed)
+    row = wait_status(stack, job, "reserved")
+    assert row["node_id"] == "n1"
