@@ -15,6 +15,7 @@ from alembic import context
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
+from app.adapters.anchor_store import anchor_metadata
 from app.adapters.sql_log import log_metadata
 from app.adapters.sql_models import projection_metadata
 from app.adapters.sql_schema import make_engine
@@ -24,7 +25,13 @@ config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata: list[MetaData] = [projection_metadata, log_metadata]
+target_metadata: list[MetaData] = [projection_metadata, log_metadata, anchor_metadata]
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Leave the tables of a blue/green rebuild (``*__previous``, ``*__rebuild``) alone."""
+    del parent_names
+    return not (type_ == "table" and (name or "").endswith(("__previous", "__rebuild")))
 
 
 def database_url() -> str:
@@ -44,6 +51,7 @@ def run_migrations_offline() -> None:
     context.configure(
         url=database_url(),
         target_metadata=target_metadata,
+        include_name=include_name,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         render_as_batch=True,
@@ -57,6 +65,7 @@ def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_name=include_name,
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

@@ -119,7 +119,8 @@ def _is_locked(exc: OperationalError) -> bool:
 
 
 def _unavailable(action: str, exc: BaseException) -> LogUnavailable:
-    return LogUnavailable(f"SQL event log: {action} failed: {type(exc).__name__}: {exc}")
+    cause = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else ""
+    return LogUnavailable(f"SQL event log: {action} failed: {type(exc).__name__}: {cause}")
 
 
 def _aware(moment: datetime) -> datetime:

@@ -27,11 +27,13 @@ from app.bootstrap import Readers
 from app.domain.events import JOB_ID_PATTERN, MAX_PAYLOAD_BYTES
 from app.entrypoints.api_auth import Tokens, install_tokens, load_tokens, require_reader
 from app.entrypoints.api_cli import row_json
+from app.entrypoints.api_operators import RabbitActions, operators
 from app.entrypoints.cli import flat_event
 from app.entrypoints.metrics import Metrics, RequestTimer
 from app.ports import Clock, JobRow, StoreUnavailable
 from app.services import queries as use_cases
 from app.services.ingest import Health
+from app.services.operations import ActionPublisher
 from app.services.queries import (
     DEFAULT_STATS_MINUTES,
     MAX_CURSOR_LENGTH,
@@ -309,6 +311,7 @@ def create_api(
     tokens: Tokens | None = None,
     queries: JobQueries | None = None,
     clock: Clock | None = None,
+    actions: ActionPublisher | None = None,
 ) -> FastAPI:
     """The API app. Without ``queries`` it opens its own on ``settings.sql_url`` (closed at
     shutdown); without ``tokens`` it reads them from the environment (ValueError if invalid)."""
@@ -331,8 +334,12 @@ def create_api(
     )
     api.state.jobtrail = context
     install_tokens(api, tokens)
+    api.state.jobtrail_actions = (
+        actions if actions is not None else RabbitActions(settings.rabbit_url)
+    )
     api.include_router(reads)
     api.include_router(probes)
+    api.include_router(operators)
     _install_error_handlers(api)
     api.add_middleware(BodyLimit)
     api.add_middleware(RequestTimer, metrics=context.metrics)

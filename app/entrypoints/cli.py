@@ -16,8 +16,16 @@ import typer
 
 from app.bootstrap import Readers, build_tracking, prepare_storage
 from app.domain.chain import RecordedEvent, StoredEvent, verify_chain
-from app.entrypoints import api_cli, bench_cli, logs  # noqa: F401 - they register commands
+from app.entrypoints import (  # noqa: F401 - these modules register their commands
+    analysis_cli,
+    api_cli,
+    audit_cli,
+    bench_cli,
+    logs,
+    operator_cli,
+)
 from app.entrypoints.api_cli import listen, serve_api
+from app.entrypoints.audit_cli import AsOfOpt
 from app.entrypoints.cli_common import (
     USAGE_ERROR,
     JobIdArg,
@@ -30,6 +38,7 @@ from app.entrypoints.cli_common import (
 )
 from app.entrypoints.metrics import Metrics
 from app.ports import JobRow
+from app.services.audit import job_row_as_of
 from app.services.projection import job_row
 from app.services.tracking import fold_history
 from app.settings import Settings
@@ -102,13 +111,19 @@ def migrate() -> None:
 
 
 @app.command()
-def status(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
-    """Print a job's current state (its projection)."""
+def status(job_id: JobIdArg, as_json: JsonOpt = False, as_of: AsOfOpt = None) -> None:
+    """Print a job's current state (its projection), or its state as of a past instant."""
     settings = load_settings()
-    run(lambda: with_readers(settings, lambda r: _status(r, job_id, as_json)))
+    run(lambda: with_readers(settings, lambda r: _status(r, job_id, as_json, as_of)))
 
 
-async def _status(readers: Readers, job_id: str, as_json: bool) -> int:
+async def _status(readers: Readers, job_id: str, as_json: bool, as_of: datetime | None) -> int:
+    if as_of is not None:
+        past = await job_row_as_of(readers.log, readers.policy, job_id, as_of)
+        if past is None:
+            fail(f"no events recorded for job {job_id!r} by {as_of.isoformat()}", 2)
+        _print_row(past, as_json)
+        return 0
     row = await readers.store.get_job(job_id)
     if row is None:
         events = await readers.log.read_job(job_id)

@@ -67,15 +67,19 @@ class _Pending:
 
 @dataclass
 class Batcher:
-    """Accumulates events into micro-batches (up to ``max_size`` or ``max_wait`` seconds).
+    """Accumulates events into micro-batches (up to ``max_size``, lingering ``max_wait`` or more).
 
     Batches are recorded one at a time, in arrival order, so a job's events keep their order.
+    Under load the linger grows with the time the last batch took to record (at most
+    ``max_linger``): messages the broker sends after a commit's acks then join the next batch
+    instead of making a tiny one that costs as many round trips as a full one.
     """
 
     record: RecordBatch
     health: Health
     max_size: int = 256
     max_wait: float = 0.01
+    max_linger: float = 0.1
     max_backoff: float = 5.0
     recorded: int = 0
     """How many events this batcher has durably recorded (for metrics and the benchmark)."""
@@ -99,14 +103,19 @@ class Batcher:
         await done
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        linger = self.max_wait
         while True:
-            batch = await self._collect()
+            batch = await self._collect(linger)
+            started = loop.time()
             await self._record_until_done(batch)
+            took = loop.time() - started
+            linger = min(max(self.max_wait, took / 2), self.max_linger)
 
-    async def _collect(self) -> list[_Pending]:
+    async def _collect(self, linger: float) -> list[_Pending]:
         batch = [await self._queue.get()]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
+        deadline = loop.time() + linger
         while len(batch) < self.max_size:
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -17,6 +17,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import MetaData, inspect, text
 from sqlalchemy.engine import Connection
 
+from app.adapters.anchor_store import anchor_metadata
 from app.adapters.sql_log import log_metadata
 from app.adapters.sql_models import LIST_FILTERS, projection_metadata
 from app.adapters.sql_schema import ROOT, alembic_config, make_engine, migrate
@@ -25,9 +26,17 @@ from tests import servers
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"jobs", "attempts", "outbox", "timers", "checkpoints", "jobtrail_events"}
+TABLES = {
+    "jobs",
+    "attempts",
+    "outbox",
+    "timers",
+    "checkpoints",
+    "jobtrail_events",
+    "jobtrail_anchors",
+}
 JOB_INDEXES = {f"ix_jobs_{c}_page" for c in LIST_FILTERS} | {"ix_jobs_page"}
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -57,7 +66,8 @@ async def schema(url: str) -> dict[str, Any]:
 
 def _differences(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(connection)
-    return list(compare_metadata(context, [projection_metadata, log_metadata]))  # type: ignore[arg-type]
+    metadata = [projection_metadata, log_metadata, anchor_metadata]
+    return list(compare_metadata(context, metadata))  # type: ignore[arg-type]
 
 
 def alembic_cli(*args: str, env: dict[str, str] | None = None) -> None:
@@ -142,7 +152,7 @@ async def test_migrating_an_unreachable_database_raises_projection_unavailable()
 
 def test_metadata_names_every_table() -> None:
     tables = MetaData()
-    for metadata in (projection_metadata, log_metadata):
+    for metadata in (projection_metadata, log_metadata, anchor_metadata):
         for table in metadata.tables.values():
             table.to_metadata(tables)
     assert set(tables.tables) == TABLES

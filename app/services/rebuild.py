@@ -1,0 +1,287 @@
+"""Rebuild: replay the whole log into fresh projection tables, prove them equal, then swap.
+
+Blue/green: the rows are written to fresh tables beside the live ones, compared with the live
+projection job by job, and swapped in only when every job is identical (or when forced). The
+outbox and the checkpoints are never rebuilt: history must not be published again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Protocol
+
+from app.domain.chain import RecordedEvent
+from app.domain.policy import JobPolicy, Policy
+from app.domain.state import JobSpec
+from app.ports import AttemptRow, EventLog, JobRow, ProjectionUpdate, TimerRow
+from app.services.projection import projection_update, without_outbox
+from app.services.tracking import fold_history
+
+DEFAULT_BATCH_JOBS = 2000
+DEFAULT_SHOWN_DIFFERENCES = 10
+
+Progress = Callable[[int], None]
+"""Told how many more events were replayed."""
+
+
+RULES_CACHE_SIZE = 4096
+
+RulesKey = tuple[object, ...]
+
+
+def rules_key(spec: JobSpec) -> RulesKey:
+    """What ``Policy.for_job`` reads of a spec: everything but model, tenant, queue, payload."""
+    return (
+        spec.job_type,
+        spec.priority,
+        spec.pool,
+        spec.max_attempts,
+        spec.ttl_seconds,
+        spec.lease_seconds,
+        spec.retry,
+        spec.fallback_pools,
+        spec.reroute_after_failures,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPolicy(Policy):
+    """A policy that resolves each distinct kind of job once: replays call ``for_job`` a lot."""
+
+    _rules: dict[RulesKey, JobPolicy] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, policy: Policy) -> CachedPolicy:
+        return policy if isinstance(policy, CachedPolicy) else cls(policy.document)
+
+    def for_job(self, spec: JobSpec) -> JobPolicy:
+        key = rules_key(spec)
+        rules = self._rules.get(key)
+        if rules is None:
+            if len(self._rules) >= RULES_CACHE_SIZE:
+                self._rules.clear()
+            rules = self._rules[key] = Policy.for_job(self, spec)
+        return rules
+
+
+class Side(StrEnum):
+    LIVE = "live"
+    FRESH = "fresh"
+
+
+@dataclass(frozen=True, slots=True)
+class JobBundle:
+    """Everything the projection holds about one job: its row, its attempts, its timer."""
+
+    job_id: str
+    job: JobRow | None
+    attempts: tuple[AttemptRow, ...] = ()
+    timer: TimerRow | None = None
+
+
+class RebuildTarget(Protocol):
+    """Fresh projection tables beside the live ones, and the swap between them."""
+
+    async def prepare(self) -> None:
+        """Create empty fresh tables (dropping leftovers of an interrupted rebuild)."""
+        ...
+
+    async def write(self, updates: Sequence[ProjectionUpdate]) -> None:
+        """Insert these jobs' rows into the fresh tables (each job exactly once)."""
+        ...
+
+    def bundles(self, side: Side) -> AsyncIterator[JobBundle]:
+        """Every job of one side ordered by job_id, in constant memory."""
+        ...
+
+    async def swap(self) -> None:
+        """Make the fresh tables live in one transaction; keep the old ones as ``*__previous``."""
+        ...
+
+    async def discard(self) -> None:
+        """Drop the fresh tables."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One job whose rebuilt rows differ from the live ones: ``(what, live, rebuilt)`` triples."""
+
+    job_id: str
+    changes: tuple[tuple[str, str, str], ...]
+
+
+@dataclass
+class RebuildReport:
+    """What a rebuild replayed, how it compared with the live projection, and whether it swapped."""
+
+    events: int = 0
+    jobs_rebuilt: int = 0
+    live_jobs: int = 0
+    identical: int = 0
+    different: int = 0
+    first_differences: list[Difference] = field(default_factory=list)
+    swapped: bool = False
+
+    @property
+    def equal(self) -> bool:
+        return self.different == 0
+
+
+async def rebuild(
+    log: EventLog,
+    target: RebuildTarget,
+    policy: Policy,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    confirm: Callable[[RebuildReport], bool] | None = None,
+    batch_jobs: int = DEFAULT_BATCH_JOBS,
+    shown: int = DEFAULT_SHOWN_DIFFERENCES,
+    progress: Progress | None = None,
+) -> RebuildReport:
+    """Replay the log into fresh tables, compare with the live ones, swap if equal or forced.
+
+    ``dry_run`` never swaps; ``confirm`` (if given) is asked, with the comparison, before a swap.
+    """
+    report = RebuildReport()
+    policy = CachedPolicy.of(policy)
+    await target.prepare()
+    try:
+        await _replay_into(log, target, policy, report, batch_jobs, progress)
+        await compare(target, report, shown)
+    except BaseException:
+        await target.discard()
+        raise
+    wanted = (report.equal or force) and not dry_run
+    if wanted and (confirm is None or confirm(report)):
+        await target.swap()
+        report.swapped = True
+    else:
+        await target.discard()
+    return report
+
+
+async def job_histories(
+    events: AsyncIterator[RecordedEvent],
+) -> AsyncIterator[list[RecordedEvent]]:
+    """Group a (job_id, seq)-ordered stream into one history per job, one job at a time."""
+    current: list[RecordedEvent] = []
+    async for recorded in events:
+        if current and recorded.job_id != current[0].job_id:
+            yield current
+            current = []
+        current.append(recorded)
+    if current:
+        yield current
+
+
+def rebuilt_update(history: Sequence[RecordedEvent], policy: Policy) -> ProjectionUpdate:
+    """The rows one job's history projects to, without outbox messages."""
+    state = fold_history(history, policy)
+    return without_outbox(projection_update(state, history, state.last_seq, policy))
+
+
+async def _replay_into(
+    log: EventLog,
+    target: RebuildTarget,
+    policy: Policy,
+    report: RebuildReport,
+    batch_jobs: int,
+    progress: Progress | None,
+) -> None:
+    """Fold each job and write batches, building the next batch while the last one is written."""
+    writing: asyncio.Task[None] | None = None
+    batch: list[ProjectionUpdate] = []
+    try:
+        async for history in job_histories(log.scan()):
+            batch.append(rebuilt_update(history, policy))
+            report.events += len(history)
+            report.jobs_rebuilt += 1
+            if progress is not None:
+                progress(len(history))
+            if len(batch) >= batch_jobs:
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(target.write(batch))
+                batch = []
+        if writing is not None:
+            await writing
+        if batch:
+            await target.write(batch)
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+
+
+async def compare(target: RebuildTarget, report: RebuildReport, shown: int) -> None:
+    """Merge the live and fresh bundles by job_id and count identical and different jobs."""
+    live, fresh = target.bundles(Side.LIVE), target.bundles(Side.FRESH)
+    left, right = await anext(live, None), await anext(fresh, None)
+    while left is not None or right is not None:
+        pair: tuple[JobBundle | None, JobBundle | None]
+        if right is None or (left is not None and left.job_id < right.job_id):
+            pair = (left, None)
+        elif left is None or right.job_id < left.job_id:
+            pair = (None, right)
+        else:
+            pair = (left, right)
+        _tally(report, pair[0], pair[1], shown)
+        if pair[0] is not None:
+            left = await anext(live, None)
+        if pair[1] is not None:
+            right = await anext(fresh, None)
+
+
+def _tally(
+    report: RebuildReport, live: JobBundle | None, fresh: JobBundle | None, shown: int
+) -> None:
+    if live is not None and live.job is not None:
+        report.live_jobs += 1
+    changes = bundle_changes(live, fresh)
+    if not changes:
+        report.identical += 1
+        return
+    report.different += 1
+    found = live if live is not None else fresh
+    if found is not None and len(report.first_differences) < shown:
+        report.first_differences.append(Difference(found.job_id, tuple(changes[:5])))
+
+
+def bundle_changes(live: JobBundle | None, fresh: JobBundle | None) -> list[tuple[str, str, str]]:
+    """What differs between a job's live and rebuilt rows, as ``(what, live, rebuilt)``."""
+    if live is None or fresh is None:
+        return [("job", _presence(live), _presence(fresh))]
+    changes = _row_changes("jobs", live.job, fresh.job)
+    live_attempts = {a.attempt: a for a in live.attempts}
+    fresh_attempts = {a.attempt: a for a in fresh.attempts}
+    for number in sorted(live_attempts.keys() | fresh_attempts.keys()):
+        changes += _row_changes(
+            f"attempts[{number}]", live_attempts.get(number), fresh_attempts.get(number)
+        )
+    changes += _row_changes("timers", live.timer, fresh.timer)
+    return changes
+
+
+def _row_changes(
+    table: str,
+    live: JobRow | AttemptRow | TimerRow | None,
+    fresh: JobRow | AttemptRow | TimerRow | None,
+) -> list[tuple[str, str, str]]:
+    if live == fresh:
+        return []
+    if live is None or fresh is None:
+        return [(table, _presence(live), _presence(fresh))]
+    return [
+        (f"{table}.{f.name}", repr(getattr(live, f.name)), repr(getattr(fresh, f.name)))
+        for f in fields(live)
+        if getattr(live, f.name) != getattr(fresh, f.name)
+    ]
+
+
+def _presence(row: object | None) -> str:
+    return "missing" if row is None else "present"
