@@ -149,7 +149,7 @@ def _node_report(
         case Completed():
             done = replace(state, status=JobStatus.COMPLETED, node_id=event.node_id)
             return _flag_unreserved(state, done, recorded)
-        case Failed():
+        case _:  # Failed, the only type left: a wildcard leaves no unreachable no-match exit
             return _failed(state, event, recorded)
 
 

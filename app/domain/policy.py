@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.domain.events import JobType, Priority
+from app.domain.events import JobType, Name, Priority
 from app.domain.state import JobSpec
 
 Seconds = Annotated[float, Field(gt=0, le=366 * 24 * 3600)]
@@ -40,7 +40,7 @@ class Section(_Strict):
     ttl_seconds: Seconds | None = None
     rabbit_priority: Annotated[int, Field(ge=0, le=9)] | None = None
     non_retryable_errors: frozenset[str] | None = None
-    fallback_pools: tuple[str, ...] | None = None
+    fallback_pools: tuple[Name, ...] | None = None
     reroute_after_failures: Annotated[int, Field(ge=1, le=1000)] | None = None
     retry: RetrySection = RetrySection()
 
@@ -56,7 +56,7 @@ class PolicyFile(_Strict):
     priorities: dict[Priority, Section] = {}
     profiles: dict[str, Section] = {}
     pools: dict[str, Section] = {}
-    queues: dict[str, str] = {}
+    queues: dict[str, Name] = {}
 
     @field_validator("profiles")
     @classmethod
