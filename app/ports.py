@@ -93,6 +93,12 @@ class EventLog(Protocol):
         """Every event decoded, ordered by (job_id, seq), in constant memory."""
         ...
 
+    def scan_range(
+        self, since: datetime | None, until: datetime | None
+    ) -> AsyncIterator[RecordedEvent]:
+        """Events recorded in [since, until), ordered by (recorded_at, job_id, seq), paged."""
+        ...
+
     async def count(self) -> int:
         """How many entries the log holds."""
         ...

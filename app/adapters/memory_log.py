@@ -119,6 +119,19 @@ class InMemoryEventLog:
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
         return list(self._jobs.get(job_id, []))
 
+    async def scan_range(
+        self, since: datetime | None, until: datetime | None
+    ) -> AsyncIterator[RecordedEvent]:
+        entries = [
+            e
+            for chain in self._jobs.values()
+            for e in chain
+            if (since is None or e.recorded_at >= since)
+            and (until is None or e.recorded_at < until)
+        ]
+        for entry in sorted(entries, key=lambda e: (e.recorded_at, e.job_id, e.seq)):
+            yield decode_entry(entry)
+
     async def scan_raw(self) -> AsyncIterator[StoredEvent]:
         cursor = ("", 0)
         while page := self._page_after(cursor):

@@ -52,6 +52,7 @@ _RAW = {
     "data": 1,
 }
 _BY_JOB_SEQ = [("job_id", ASCENDING), ("seq", ASCENDING)]
+_BY_TIME = [("recorded_at", ASCENDING), ("job_id", ASCENDING), ("seq", ASCENDING)]
 
 _Planned = StoredEvent | AppendOutcome
 """One event of an ``append_many`` batch: the entry to insert, or its known duplicate outcome."""
@@ -240,9 +241,12 @@ class MongoEventLog:
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
         return await self._find({"job_id": job_id})
 
-    async def _find(self, query: Document, limit: int = 0) -> list[StoredEvent]:
+    async def _find(
+        self, query: Document, limit: int = 0, order: list[tuple[str, int]] | None = None
+    ) -> list[StoredEvent]:
         with _translated("read"):
-            docs = await self._events.find(query, _RAW).sort(_BY_JOB_SEQ).limit(limit).to_list()
+            cursor = self._events.find(query, _RAW).sort(order or _BY_JOB_SEQ).limit(limit)
+            docs = await cursor.to_list()
         return [_stored(doc) for doc in docs]
 
     async def scan_raw(self) -> AsyncIterator[StoredEvent]:
@@ -261,6 +265,37 @@ class MongoEventLog:
     async def scan(self) -> AsyncIterator[RecordedEvent]:
         async for entry in self.scan_raw():
             yield decode_entry(entry)
+
+    async def scan_range(
+        self, since: datetime | None, until: datetime | None
+    ) -> AsyncIterator[RecordedEvent]:
+        window: Document = {}
+        if since is not None:
+            window["$gte"] = since.astimezone(UTC)
+        if until is not None:
+            window["$lt"] = until.astimezone(UTC)
+        base: Document = {"recorded_at": window} if window else {}
+        query = base
+        while page := await self._find(query, self._page_size, _BY_TIME):
+            for entry in page:
+                yield decode_entry(entry)
+            last = page[-1]
+            query = {
+                "$and": [
+                    base,
+                    {
+                        "$or": [
+                            {"recorded_at": {"$gt": last.recorded_at}},
+                            {"recorded_at": last.recorded_at, "job_id": {"$gt": last.job_id}},
+                            {
+                                "recorded_at": last.recorded_at,
+                                "job_id": last.job_id,
+                                "seq": {"$gt": last.seq},
+                            },
+                        ]
+                    },
+                ]
+            }
 
     async def count(self) -> int:
         with _translated("count"):

@@ -279,6 +279,30 @@ class SqlEventLog:
         async for entry in self.scan_raw():
             yield decode_entry(entry)
 
+    async def scan_range(
+        self, since: datetime | None, until: datetime | None
+    ) -> AsyncIterator[RecordedEvent]:
+        window = []
+        if since is not None:
+            window.append(_c.recorded_at >= since.astimezone(UTC))
+        if until is not None:
+            window.append(_c.recorded_at < until.astimezone(UTC))
+        query = (
+            select(*_RAW)
+            .where(*window)
+            .order_by(_c.recorded_at, _c.job_id, _c.seq)
+            .limit(self._page_size)
+        )
+        page = await self._fetch(query, "scan")
+        while page:
+            for row in page:
+                yield decode_entry(_stored(row))
+            last = page[-1]
+            after = tuple_(_c.recorded_at, _c.job_id, _c.seq) > tuple_(
+                last.recorded_at, last.job_id, last.seq
+            )
+            page = await self._fetch(query.where(after), "scan")
+
     async def count(self) -> int:
         rows = await self._fetch(select(func.count()).select_from(events_table), "count")
         return int(rows[0][0])

@@ -162,6 +162,23 @@ class EventLogContract:
         assert await seqs(T0_MS - timedelta(milliseconds=1)) == []
         assert await seqs(T0 + timedelta(days=1)) == [1, 2, 3]
 
+    async def test_scan_range_orders_by_time_then_job_then_seq_across_pages(
+        self, log: EventLog
+    ) -> None:
+        jobs = ["job-b", "a.b", "job-a"]
+        for n in range(4):  # instants T0, T0+1s, ...: several jobs share each instant
+            for job in jobs:
+                await log.append(heartbeat(job, n), T0 + timedelta(seconds=n))
+        got = [(e.recorded_at, e.job_id, e.seq) async for e in log.scan_range(None, None)]
+        assert got == sorted(got) and len(got) == 12 > PAGE_SIZE
+        window = [
+            (e.job_id, e.seq)
+            async for e in log.scan_range(T0_MS + timedelta(seconds=1), T0_MS + timedelta(seconds=3))
+        ]
+        assert window == [(job, seq) for seq in (2, 3) for job in sorted(jobs)]
+        late = [e async for e in log.scan_range(T0_MS + timedelta(seconds=3), None)]
+        assert [(e.job_id, e.seq) for e in late] == [(job, 4) for job in sorted(jobs)]
+
     async def test_scans_order_by_job_then_seq_across_pages(self, log: EventLog) -> None:
         # Byte order differs from natural-language collations on case and punctuation.
         jobs = ["job-b", "JOB-c", "a.b", "job-a", "job-a:1", "job-a.2"]

@@ -12,7 +12,6 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import fields, replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +26,6 @@ from app.adapters.export_formats import (
 )
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_store import InMemoryProjectionStore
-from app.domain.chain import StoredEvent
 from app.domain.events import Submitted
 from app.domain.machine import fold
 from app.domain.policy import Policy
@@ -40,10 +38,7 @@ from app.services.export import (
     JOB_COLUMNS,
     Column,
     Selection,
-    SortedRuns,
-    decode_line,
     replay,
-    sort_line,
 )
 from app.services.rebuild import (
     CachedPolicy,
@@ -322,63 +317,23 @@ async def test_a_failed_build_drops_the_fresh_tables(
 # --- replay and export -------------------------------------------------------------------------
 
 
-def files_in(folder: Path) -> list[Path]:
-    return list(folder.iterdir())
-
-
-async def test_replay_orders_by_recorded_time_through_spilled_runs(
-    stores: tuple[InMemoryEventLog, InMemoryProjectionStore], tmp_path: Path
+async def test_replay_orders_by_recorded_time(
+    stores: tuple[InMemoryEventLog, InMemoryProjectionStore],
 ) -> None:
     log = stores[0]
     everything = [r async for r in log.scan()]
     expected = sorted(everything, key=lambda r: (r.recorded_at, r.job_id, r.seq))
-    got = [r async for r in replay(log, Selection(Window()), run_size=7, spill_dir=tmp_path)]
+    got = [r async for r in replay(log, Selection(Window()))]
     assert got == expected
-    assert files_in(tmp_path) == []  # the spilled runs are gone
     window = Window(at(2), at(40))
     typed = Selection(window, types=frozenset({"failed", "retried"}))
-    got = [r async for r in replay(log, typed, run_size=3)]
+    got = [r async for r in replay(log, typed)]
     assert got == [
         r for r in expected if at(2) <= r.recorded_at < at(40) and r.event.type in typed.types
     ]
     assert len(got) == 9
     one = [r async for r in replay(log, Selection(Window(until=at(END)), job_id="lease-1"))]
     assert one == [r for r in expected if r.job_id == "lease-1"]
-
-
-def test_sort_lines_sort_by_time_then_job_then_seq() -> None:
-    def entry(job: str, seq: int, second: int) -> StoredEvent:
-        data = '{"x":"tab\\there"}'
-        return StoredEvent(job, seq, "e", at(second), "p" * 64, "h" * 64, data)
-
-    entries = [entry("b", 2, 1), entry("ab", 10, 1), entry("a", 3, 1), entry("a", 1, 0)]
-    lines = sorted(sort_line(e) for e in entries)
-    assert [(line.split(b"\t")[1], int(line.split(b"\t")[2])) for line in lines] == [
-        (b"a", 1),
-        (b"a", 3),
-        (b"ab", 10),
-        (b"b", 2),
-    ]
-    runs = SortedRuns(Path("/nonexistent"), 100)
-    with pytest.raises(ValueError, match="run_size"):
-        SortedRuns(Path("/nonexistent"), 0)
-    for line in reversed(lines):
-        runs.add(line)
-    assert list(runs.merged()) == lines and runs.runs == []
-
-
-async def test_sort_lines_decode_back_to_the_entry(
-    stores: tuple[InMemoryEventLog, InMemoryProjectionStore],
-) -> None:
-    async for stored in stores[0].scan_raw():
-        decoded = decode_line(sort_line(stored))
-        assert (decoded.seq, decoded.recorded_at, decoded.hash, decoded.prev_hash) == (
-            stored.seq,
-            stored.recorded_at,
-            stored.hash,
-            stored.prev_hash,
-        )
-        assert str(decoded.event.event_id) == stored.event_id
 
 
 async def test_the_event_columns_cover_every_flat_event_field(
