@@ -191,8 +191,8 @@ def _dead_letter(state: JobState, now: datetime, reason: DeadLetterReason, detai
 
 
 def _ttl_deadline(state: JobState, rules: JobPolicy) -> datetime:
-    assert state.submitted_at is not None
-    return state.submitted_at + rules.ttl
+    assert state.ttl_from is not None
+    return state.ttl_from + rules.ttl
 
 
 def _lease_deadline(state: JobState, rules: JobPolicy) -> datetime:

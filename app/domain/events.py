@@ -29,6 +29,8 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, min_length=1, max_length=200)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+PoolName = Annotated[str, StringConstraints(min_length=1, max_length=160)]
+"""A pool: short enough for its default work queue ``jobtrail.work.<pool>.<job_type>``."""
 Text = Annotated[str, StringConstraints(max_length=4000)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=366 * 24 * 3600)]
 
@@ -89,14 +91,14 @@ class Submitted(EventBase):
     model: Name
     priority: Priority
     tenant: Name
-    pool: Name
+    pool: PoolName
     queue: Name
     payload: JsonValue = None
     max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
     ttl_seconds: PositiveSeconds | None = None
     lease_seconds: PositiveSeconds | None = None
     retry: RetryOverride | None = None
-    fallback_pools: tuple[Name, ...] = Field(default=(), max_length=32)
+    fallback_pools: tuple[PoolName, ...] = Field(default=(), max_length=32)
     reroute_after_failures: Annotated[int, Field(ge=1, le=1000)] | None = None
 
     @field_validator("payload")
@@ -143,7 +145,7 @@ class Retried(EventBase):
     """Jobtrail republished the job, after its cooldown, for attempt ``attempt``."""
 
     type: Literal["retried"] = "retried"
-    pool: Name
+    pool: PoolName
     queue: Name
 
 
@@ -151,8 +153,8 @@ class Rerouted(EventBase):
     """Jobtrail republished the job for attempt ``attempt`` to another pool."""
 
     type: Literal["rerouted"] = "rerouted"
-    from_pool: Name
-    pool: Name
+    from_pool: PoolName
+    pool: PoolName
     queue: Name
 
 
@@ -177,7 +179,7 @@ class Redriven(EventBase):
     """An operator sent a dead-lettered job back to its queue as attempt ``attempt``."""
 
     type: Literal["redriven"] = "redriven"
-    pool: Name
+    pool: PoolName
     queue: Name
     reason: Text = ""
 

@@ -94,7 +94,7 @@ def _apply(state: JobState, recorded: RecordedEvent) -> JobState | str:
         case Expired():
             return _expired(state, event, recorded)
         case Retried() | Rerouted() | Redriven():
-            return _republished(state, event)
+            return _republished(state, event, recorded)
         case DeadLettered():
             return _dead_lettered(state, event)
         case Cancelled():
@@ -130,6 +130,7 @@ def _submitted(state: JobState, event: Submitted, recorded: RecordedEvent) -> Jo
         pool=event.pool,
         queue=event.queue,
         submitted_at=recorded.recorded_at,
+        ttl_from=recorded.recorded_at,
     )
 
 
@@ -214,7 +215,9 @@ def _expired(state: JobState, event: Expired, recorded: RecordedEvent) -> JobSta
     return _cool_down(state, recorded, LEASE_EXPIRED_CODE, event.detail or "lease ran out", True)
 
 
-def _republished(state: JobState, event: Retried | Rerouted | Redriven) -> JobState | str:
+def _republished(
+    state: JobState, event: Retried | Rerouted | Redriven, recorded: RecordedEvent
+) -> JobState | str:
     wanted = JobStatus.DEAD_LETTERED if isinstance(event, Redriven) else JobStatus.COOLING_DOWN
     if state.status is not wanted:
         return f"{event.type} while {state.status}"
@@ -235,6 +238,7 @@ def _republished(state: JobState, event: Retried | Rerouted | Redriven) -> JobSt
         if isinstance(event, Rerouted)
         else state.fallback_index,
         redrive_base=event.attempt - 1 if isinstance(event, Redriven) else state.redrive_base,
+        ttl_from=recorded.recorded_at if isinstance(event, Redriven) else state.ttl_from,
     )
 
 

@@ -10,13 +10,13 @@ from its ``submitted`` event.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.domain.events import JobType, Name, Priority
+from app.domain.events import JobType, Name, PoolName, Priority
 from app.domain.state import JobSpec
 
 Seconds = Annotated[float, Field(gt=0, le=366 * 24 * 3600)]
@@ -40,7 +40,7 @@ class Section(_Strict):
     ttl_seconds: Seconds | None = None
     rabbit_priority: Annotated[int, Field(ge=0, le=9)] | None = None
     non_retryable_errors: frozenset[str] | None = None
-    fallback_pools: tuple[Name, ...] | None = None
+    fallback_pools: tuple[PoolName, ...] | None = None
     reroute_after_failures: Annotated[int, Field(ge=1, le=1000)] | None = None
     retry: RetrySection = RetrySection()
 
@@ -116,11 +116,34 @@ def _seconds(value: float | None) -> timedelta:
     return timedelta(seconds=value)
 
 
-@dataclass(frozen=True, slots=True)
+RULES_MEMO_SIZE = 4096
+"""Distinct kinds of job whose rules a policy remembers (then it starts afresh)."""
+
+
+def rules_key(spec: JobSpec) -> tuple[object, ...]:
+    """What ``Policy.for_job`` reads of a spec: everything but model, tenant, queue, payload."""
+    return (
+        spec.job_type,
+        spec.priority,
+        spec.pool,
+        spec.max_attempts,
+        spec.ttl_seconds,
+        spec.lease_seconds,
+        spec.retry,
+        spec.fallback_pools,
+        spec.reroute_after_failures,
+    )
+
+
+@dataclass(frozen=True)
 class Policy:
     """The policy file resolved against the built-in defaults."""
 
     document: PolicyFile
+    # A memo of resolved rules: ``for_job`` is pure, and replays call it for every event.
+    _rules: dict[tuple[object, ...], JobPolicy] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def from_toml(cls, text: str) -> Policy:
@@ -162,7 +185,16 @@ class Policy:
         return layer
 
     def for_job(self, spec: JobSpec) -> JobPolicy:
-        """The rules for a job: policy layers, then the job's own overrides."""
+        """The rules for a job: policy layers, then the job's own overrides (memoized)."""
+        key = rules_key(spec)
+        rules = self._rules.get(key)
+        if rules is None:
+            if len(self._rules) >= RULES_MEMO_SIZE:
+                self._rules.clear()
+            rules = self._rules[key] = self._resolve(spec)
+        return rules
+
+    def _resolve(self, spec: JobSpec) -> JobPolicy:
         layer = self.section_for(spec.job_type, spec.priority, spec.pool)
         own = Section(
             max_attempts=spec.max_attempts,

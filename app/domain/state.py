@@ -66,6 +66,8 @@ class JobState:
     queue: str | None = None
     node_id: str | None = None
     submitted_at: datetime | None = None
+    ttl_from: datetime | None = None
+    """Where the TTL counts from: the submission, or the last redrive (a fresh chance)."""
     lease_from: datetime | None = None
     lease_seconds: float | None = None
     cooling_since: datetime | None = None

@@ -14,8 +14,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from app.domain.chain import RecordedEvent
-from app.domain.policy import JobPolicy, Policy
-from app.domain.state import JobSpec
+from app.domain.policy import Policy
 from app.ports import AttemptRow, EventLog, JobRow, ProjectionUpdate, TimerRow
 from app.services.projection import projection_update, without_outbox
 from app.services.tracking import fold_history
@@ -25,46 +24,6 @@ DEFAULT_SHOWN_DIFFERENCES = 10
 
 Progress = Callable[[int], None]
 """Told how many more events were replayed."""
-
-
-RULES_CACHE_SIZE = 4096
-
-RulesKey = tuple[object, ...]
-
-
-def rules_key(spec: JobSpec) -> RulesKey:
-    """What ``Policy.for_job`` reads of a spec: everything but model, tenant, queue, payload."""
-    return (
-        spec.job_type,
-        spec.priority,
-        spec.pool,
-        spec.max_attempts,
-        spec.ttl_seconds,
-        spec.lease_seconds,
-        spec.retry,
-        spec.fallback_pools,
-        spec.reroute_after_failures,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class CachedPolicy(Policy):
-    """A policy that resolves each distinct kind of job once: replays call ``for_job`` a lot."""
-
-    _rules: dict[RulesKey, JobPolicy] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def of(cls, policy: Policy) -> CachedPolicy:
-        return policy if isinstance(policy, CachedPolicy) else cls(policy.document)
-
-    def for_job(self, spec: JobSpec) -> JobPolicy:
-        key = rules_key(spec)
-        rules = self._rules.get(key)
-        if rules is None:
-            if len(self._rules) >= RULES_CACHE_SIZE:
-                self._rules.clear()
-            rules = self._rules[key] = Policy.for_job(self, spec)
-        return rules
 
 
 class Side(StrEnum):
@@ -148,7 +107,6 @@ async def rebuild(
     ``dry_run`` never swaps; ``confirm`` (if given) is asked, with the comparison, before a swap.
     """
     report = RebuildReport()
-    policy = CachedPolicy.of(policy)
     await target.prepare()
     try:
         await _replay_into(log, target, policy, report, batch_jobs, progress)

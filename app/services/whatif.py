@@ -24,7 +24,7 @@ from app.domain.machine import evolve
 from app.domain.policy import Policy
 from app.domain.state import JobState, JobStatus
 from app.ports import EventLog
-from app.services.rebuild import CachedPolicy, job_histories
+from app.services.rebuild import job_histories
 from app.services.tracking import MAX_DECISIONS_PER_SETTLE
 
 MAX_TIMER_STEPS = 10_000
@@ -118,7 +118,7 @@ def simulate(
     history: Sequence[RecordedEvent], policy: Policy, as_of: datetime
 ) -> list[RecordedEvent]:
     """The job's log as the tracker would have written it under ``policy``, up to ``as_of``."""
-    return _simulate(history, CachedPolicy.of(policy), as_of).events
+    return _simulate(history, policy, as_of).events
 
 
 def _simulate(history: Sequence[RecordedEvent], policy: Policy, as_of: datetime) -> _Replay:
@@ -314,7 +314,6 @@ async def whatif(
 ) -> WhatIfReport:
     """Replay every job of the log under ``other``, one job in memory at a time."""
     report = WhatIfReport(as_of=as_of)
-    live, other = CachedPolicy.of(live), CachedPolicy.of(other)
     async for history in job_histories(log.scan()):
         compare_job(report, history, live, other)
         if progress is not None:

@@ -139,13 +139,15 @@ def test_the_jobs_own_ttl_wins() -> None:
     assert isinstance(only(decide(state, at(90), POLICY)), Expired)
 
 
-def test_the_ttl_of_a_redriven_job_still_counts_from_its_submission() -> None:
+def test_a_redrive_gives_the_job_a_fresh_ttl() -> None:
     history = cooling(retryable=False)
     history.add(only(decide(history.state, at(11), POLICY)))
     state = history.add(f.redriven(at=at(7200), attempt=2, pool="shared"))
     assert state.status is JobStatus.QUEUED
-    assert next_deadline(state, POLICY) == Deadline(at(3600), "ttl")
-    assert only(decide(state, at(7200), POLICY)).type == "expired"
+    assert state.submitted_at == at(0)  # the submission is history; the TTL restarts
+    assert next_deadline(state, POLICY) == Deadline(at(7200 + 3600), "ttl")
+    assert decide(state, at(7200 + 3600) - TICK, POLICY) == ()
+    assert only(decide(state, at(7200 + 3600), POLICY)).type == "expired"
 
 
 # --- leases -------------------------------------------------------------------------------------

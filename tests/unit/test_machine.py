@@ -120,6 +120,7 @@ def test_submission_queues_the_job_with_its_spec() -> None:
         pool="gpu-a",
         queue="qa",
         submitted_at=at(7),
+        ttl_from=at(7),
         last_seq=1,
         updated_at=at(7),
     )

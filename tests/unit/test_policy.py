@@ -302,3 +302,20 @@ def test_the_shipped_policy_resolves(
     assert rules.retry == RetrySettings(timedelta(seconds=initial), 2.0, timedelta(seconds=maximum))
     assert rules.non_retryable_errors == {"invalid_input", "model_not_found", "payload_too_large"}
     assert rules.fallback_pools == ()
+
+
+def test_the_rules_memo_starts_afresh_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.domain.policy as policy_module
+
+    monkeypatch.setattr(policy_module, "RULES_MEMO_SIZE", 2)
+    policy = Policy.default()
+    specs = [
+        JobSpec(JobType.SYNC, "m", Priority.BULK, "t", f"pool-{n}", "q", "null") for n in range(3)
+    ]
+    first = policy.for_job(specs[0])
+    policy.for_job(specs[1])
+    assert policy.for_job(specs[0]) is first  # remembered while the memo has room
+    policy.for_job(specs[2])  # the memo is full: it starts afresh
+    again = policy.for_job(specs[0])
+    assert again == first
+    assert again is not first
