@@ -25,6 +25,7 @@ from app.adapters.clock import SystemClock
 from app.adapters.sql_queries import SqlJobQueries
 from app.bootstrap import Readers
 from app.domain.events import JOB_ID_PATTERN, MAX_PAYLOAD_BYTES
+from app.entrypoints.api_audit import audits
 from app.entrypoints.api_auth import Tokens, install_tokens, load_tokens, require_reader
 from app.entrypoints.api_cli import row_json
 from app.entrypoints.api_operators import RabbitActions, operators
@@ -340,6 +341,7 @@ def create_api(
     api.include_router(reads)
     api.include_router(probes)
     api.include_router(operators)
+    api.include_router(audits)
     _install_error_handlers(api)
     api.add_middleware(BodyLimit)
     api.add_middleware(RequestTimer, metrics=context.metrics)
