@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SECANTUS := .venv-secantus
 
-.PHONY: setup services serve test test-unit lint typecheck check clean
+.PHONY: setup services browser serve test test-unit lint typecheck check bench clean
 
-setup: $(VENV)/.installed $(SECANTUS)/.installed
+setup: $(VENV)/.installed $(SECANTUS)/.installed browser
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(SECANTUS)/.installed: constraints-secantus.txt
 
 services:
 	./scripts/services.sh
+
+# Debian's Chromium and ChromeDriver for the dashboard's browser test (root, apt).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 serve: $(VENV)/.installed services
 	$(BIN)/jobtrail serve
@@ -41,6 +46,9 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+bench: $(VENV)/.installed $(SECANTUS)/.installed services
+	$(BIN)/jobtrail bench --record
 
 clean:
 	rm -rf $(VENV) $(SECANTUS) .pytest_cache .mypy_cache .ruff_cache .coverage var
