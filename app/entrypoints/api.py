@@ -30,6 +30,7 @@ from app.entrypoints.api_auth import Tokens, install_tokens, load_tokens, requir
 from app.entrypoints.api_cli import row_json
 from app.entrypoints.api_operators import RabbitActions, operators
 from app.entrypoints.cli import flat_event
+from app.entrypoints.dashboard import install_dashboard
 from app.entrypoints.metrics import Metrics, RequestTimer
 from app.ports import Clock, JobRow, StoreUnavailable
 from app.services import queries as use_cases
@@ -341,6 +342,7 @@ def create_api(
     api.include_router(reads)
     api.include_router(probes)
     api.include_router(operators)
+    install_dashboard(api, settings)
     api.include_router(audits)
     _install_error_handlers(api)
     api.add_middleware(BodyLimit)

@@ -19,8 +19,10 @@ from app.domain.chain import RecordedEvent, StoredEvent, verify_chain
 from app.entrypoints import (  # noqa: F401 - these modules register their commands
     analysis_cli,
     api_cli,
+    asyncapi_cli,
     audit_cli,
     bench_cli,
+    demo_cli,
     logs,
     operator_cli,
 )

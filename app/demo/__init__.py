@@ -1,0 +1,1 @@
+"""``jobtrail demo``: a simulated Cloud and node fleet driving the real tracker."""

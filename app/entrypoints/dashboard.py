@@ -1,0 +1,217 @@
+"""The operators' dashboard: ``GET /dashboard`` (the page), its data, and the AsyncAPI document.
+
+The page itself is open (it holds no data); ``GET /dashboard/data`` is a read endpoint, behind
+the read token when one is configured, like ``/stats`` which the page also polls. Queue health
+comes from RabbitMQ's management API when it answers; when it does not, the panel says so and
+everything else still renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.adapters.rabbit_management import ManagementUnavailable, RabbitManagement
+from app.domain.state import JobStatus
+from app.entrypoints.api_auth import require_reader
+from app.entrypoints.dashboard_page import SCRIPT, STYLE_ALL, page_html
+from app.ports import JobRow
+from app.services.queries import JobFilter, JobQueries, list_jobs
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.entrypoints.api import ApiContext
+
+log = logging.getLogger("jobtrail.dashboard")
+
+DASHBOARD_STATE = "jobtrail_dashboard"
+DEAD_LETTERS_SHOWN = 50
+ANOMALY_WINDOW = 1000
+"""How many of the most recently changed jobs the anomaly panel scans (two keyset pages)."""
+ANOMALIES_SHOWN = 50
+NOT_AVAILABLE = "RabbitMQ management API not available"
+_PAGE = 500
+_DETAIL_CHARS = 300
+
+
+class DashboardSettings(BaseSettings):
+    """``JOBTRAIL_RABBIT_API_URL``: the management API (default: the AMQP host, port 15672)."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBTRAIL_", extra="ignore")
+
+    rabbit_url: str = Settings.model_fields["rabbit_url"].default
+    rabbit_api_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    """What the dashboard routes need besides the API context."""
+
+    management: RabbitManagement
+
+
+def install_dashboard(api: FastAPI, settings: Settings) -> None:
+    """Serve the dashboard on ``api``, reading queues of ``settings.rabbit_url``'s vhost."""
+    extra = DashboardSettings(rabbit_url=settings.rabbit_url)
+    management = RabbitManagement.from_urls(settings.rabbit_url, extra.rabbit_api_url)
+    setattr(api.state, DASHBOARD_STATE, Dashboard(management))
+    api.include_router(dashboard)
+
+
+def _dashboard(request: Request) -> Dashboard:
+    found = getattr(request.app.state, DASHBOARD_STATE, None)
+    if isinstance(found, Dashboard):
+        return found
+    # Included without install_dashboard: configure from the environment, once.
+    env = DashboardSettings()
+    made = Dashboard(RabbitManagement.from_urls(env.rabbit_url, env.rabbit_api_url))
+    setattr(request.app.state, DASHBOARD_STATE, made)
+    return made
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def _security_policy() -> str:
+    return "; ".join(
+        (
+            "default-src 'none'",
+            f"script-src {_sha256(SCRIPT)}",
+            f"style-src {_sha256(STYLE_ALL)}",
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+async def no_parameters(request: Request) -> None:
+    """Refuse (422) query parameters, as every read endpoint of the API does."""
+    if request.query_params:
+        name = sorted(request.query_params)[0][:60]
+        raise HTTPException(422, f"unknown query parameter {name!r}")
+
+
+dashboard = APIRouter(tags=["dashboard"])
+
+
+@dashboard.get("/", include_in_schema=False)
+async def get_root() -> RedirectResponse:
+    """The API's front door leads to the dashboard."""
+    return RedirectResponse("dashboard", status_code=307)
+
+
+@dashboard.get("/dashboard", response_class=HTMLResponse)
+async def get_dashboard() -> HTMLResponse:
+    """The dashboard page (self-contained; it polls ``/stats`` and ``/dashboard/data``)."""
+    headers = {
+        "Content-Security-Policy": _security_policy(),
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+    }
+    return HTMLResponse(page_html(), headers=headers)
+
+
+@dashboard.get("/dashboard/data", dependencies=[Depends(require_reader), Depends(no_parameters)])
+async def get_dashboard_data(request: Request) -> JSONResponse:
+    """Dead letters with reasons, jobs with anomalies, and work-queue health."""
+    context = cast("ApiContext", request.app.state.jobtrail)
+    management = _dashboard(request).management
+    dead, anomalies, queues = await asyncio.gather(
+        recent_dead_letters(context.queries),
+        recent_anomalies(context.queries),
+        queue_health(management),
+    )
+    body = {"dead_letters": dead, "anomalies": anomalies, "queues": queues}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+@dashboard.get("/asyncapi.json", dependencies=[Depends(no_parameters)])
+async def get_asyncapi() -> JSONResponse:
+    """The AsyncAPI 3.0 document of the event contract, generated from the FastStream app."""
+    from app.entrypoints.asyncapi_cli import event_contract  # loads FastStream on first use
+
+    return JSONResponse(await event_contract())
+
+
+def _when(row: JobRow) -> str | None:
+    return row.updated_at.isoformat() if row.updated_at is not None else None
+
+
+async def recent_dead_letters(queries: JobQueries) -> dict[str, Any]:
+    """The newest dead-lettered jobs, with the reason and the last error of each."""
+    filters = JobFilter(status=JobStatus.DEAD_LETTERED)
+    page = await list_jobs(queries, filters, limit=DEAD_LETTERS_SHOWN)
+    items = [
+        {
+            "job_id": row.job_id,
+            "reason": row.terminal_reason,
+            "error_code": row.last_error_code,
+            "detail": (row.last_error_message or "")[:_DETAIL_CHARS],
+            "pool": row.pool,
+            "queue": row.queue,
+            "attempt": row.attempt,
+            "updated_at": _when(row),
+        }
+        for row in page.items
+    ]
+    return {"items": items, "more": page.next_cursor is not None}
+
+
+async def recent_anomalies(queries: JobQueries) -> dict[str, Any]:
+    """Jobs with anomalies among the ``ANOMALY_WINDOW`` most recently changed ones."""
+    found: list[JobRow] = []
+    scanned = 0
+    cursor: str | None = None
+    while scanned < ANOMALY_WINDOW:
+        page = await list_jobs(queries, JobFilter(), limit=_PAGE, cursor=cursor)
+        scanned += len(page.items)
+        found.extend(row for row in page.items if row.anomalies > 0)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    items = [
+        {
+            "job_id": row.job_id,
+            "status": row.status,
+            "anomalies": row.anomalies,
+            "attempt": row.attempt,
+            "pool": row.pool,
+            "updated_at": _when(row),
+        }
+        for row in found[:ANOMALIES_SHOWN]
+    ]
+    return {"items": items, "found": len(found), "scanned": scanned}
+
+
+async def queue_health(management: RabbitManagement) -> dict[str, Any]:
+    """Depth and consumers per work queue, or why they are not available."""
+    try:
+        page = await management.work_queues()
+    except ManagementUnavailable as exc:
+        log.debug("queue health unavailable", extra={"reason": str(exc)})
+        return {"available": False, "message": NOT_AVAILABLE, "reason": str(exc), "items": []}
+    items = [
+        {
+            "name": q.name,
+            "messages": q.messages,
+            "ready": q.ready,
+            "unacked": q.unacked,
+            "consumers": q.consumers,
+            "state": q.state,
+        }
+        for q in page.queues
+    ]
+    return {"available": True, "message": None, "items": items, "total": page.total}
