@@ -11,10 +11,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.adapters.log_factory import open_event_log
 from app.bench.databases import mongo_database, scratch_postgres, secantus_server
+from app.bench.offline import (
+    fill_log,
+    in_memory_fold_rate,
+    read_latencies,
+    rebuild_rate,
+    rebuild_workload,
+    timer_lag,
+)
 from app.bench.rabbit_setup import scratch_vhost
 from app.bench.scenarios import bare_consume_rate, encoded, jobtrail_ingest_rate
 from app.bench.workload import lifecycle_events
+from app.bootstrap import prepare_storage
+from app.domain.policy import Policy
 from app.settings import Settings
 
 
@@ -28,6 +39,9 @@ class BenchOptions:
     secantus: Path | None
     events: int = 20_000
     runs: int = 3
+    rebuild_events: int = 100_000
+    timer_jobs: int = 2_000
+    requests: int = 2_000
 
 
 @dataclass
@@ -40,6 +54,8 @@ class Figure:
     baseline: str | None = None
     ratios: list[float] = field(default_factory=list)
     target: float | None = None
+    """A ratio to reach (at least), or with ``at_most`` a value not to exceed."""
+    at_most: bool = False
     note: str = ""
 
     @property
@@ -49,6 +65,20 @@ class Figure:
     @property
     def ratio(self) -> float | None:
         return statistics.median(self.ratios) if self.ratios else None
+
+    @property
+    def target_text(self) -> str:
+        if self.target is None:
+            return ""
+        return f"≤ {self.target:g} {self.unit}" if self.at_most else f"ratio ≥ {self.target:g}"
+
+    @property
+    def meets(self) -> bool | None:
+        if self.target is None:
+            return None
+        if self.at_most:
+            return self.median <= self.target
+        return self.ratio is not None and self.ratio >= self.target
 
 
 @asynccontextmanager
@@ -96,7 +126,51 @@ async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> l
                     rate = await jobtrail_ingest_rate(settings, events)
                 figure.values.append(rate)
                 figure.ratios.append(rate / base)
-    return [f for f in (baseline, pg, mongo) if f.values]
+    offline = await _offline_figures(options, progress)
+    return [f for f in (baseline, pg, mongo, *offline) if f.values]
+
+
+async def _offline_figures(options: BenchOptions, progress: Callable[[str], None]) -> list[Figure]:
+    """Rebuild against the in-memory fold, API read latency and timer lag, once per run."""
+    fold_rate = Figure("decode stored JSON + fold, in memory", "events/s")
+    rebuilt = Figure(
+        f"rebuild (replay + row-by-row proof), PostgreSQL, {options.rebuild_events:,} events",
+        "events/s",
+        baseline=fold_rate.name,
+        target=0.3,
+    )
+    get_p99 = Figure("GET /jobs/{id} p99 over HTTP", "ms", target=5, at_most=True)
+    list_p99 = Figure("filtered list page p99 over HTTP", "ms", target=20, at_most=True)
+    lag_p99 = Figure(
+        f"lease-expiry detection lag p99, {options.timer_jobs:,} live jobs",
+        "s",
+        target=1,
+        at_most=True,
+    )
+    policy = Policy.from_toml(DEFAULT_POLICY)
+    for run in range(options.runs):
+        async with scratch_postgres(options.pg_admin_url) as sql:
+            settings = Settings(rabbit_url=options.rabbit_url, log_url=sql, sql_url=sql)
+            await prepare_storage(settings)
+            progress(f"run {run + 1}: filling a log of {options.rebuild_events:,} events")
+            log = open_event_log(sql)
+            await fill_log(log, rebuild_workload(options.rebuild_events))
+            base = await in_memory_fold_rate(log)
+            await log.close()
+            fold_rate.values.append(base)
+            progress(f"run {run + 1}: rebuild")
+            rate = await rebuild_rate(settings, policy, options.rebuild_events)
+            rebuilt.values.append(rate)
+            rebuilt.ratios.append(rate / base)
+            progress(f"run {run + 1}: read latency")
+            reads = await read_latencies(settings, policy, options.requests)
+            get_p99.values.append(reads["get_p99"])
+            list_p99.values.append(reads["list_p99"])
+        async with scratch_postgres(options.pg_admin_url) as sql:
+            settings = Settings(rabbit_url=options.rabbit_url, log_url=sql, sql_url=sql)
+            progress(f"run {run + 1}: timer lag")
+            lag_p99.values.append((await timer_lag(settings, policy, options.timer_jobs))["p99"])
+    return [fold_rate, rebuilt, get_p99, list_p99, lag_p99]
 
 
 def results_json(figures: list[Figure], options: BenchOptions) -> str:
@@ -106,7 +180,10 @@ def results_json(figures: list[Figure], options: BenchOptions) -> str:
             "machine": {"cpus": _cpus(), "python": platform.python_version()},
             "events": options.events,
             "runs": options.runs,
-            "figures": [asdict(f) | {"median": f.median, "ratio": f.ratio} for f in figures],
+            "figures": [
+                asdict(f) | {"median": f.median, "ratio": f.ratio, "meets": f.meets}
+                for f in figures
+            ],
         },
         indent=2,
     )
@@ -116,14 +193,19 @@ def markdown_rows(figures: list[Figure], options: BenchOptions) -> str:
     day = datetime.now(UTC).date().isoformat()
     rows = []
     for f in figures:
-        ratio = f"{f.ratio:.2f}" if f.ratio is not None else "baseline"
-        target = f"≥ {f.target}" if f.target is not None else ""
+        ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
+        met = {True: " (met)", False: " (not met)", None: ""}[f.meets]
+        target = f"{f.target_text}{met}"
         rows.append(
-            f"| {day} | {f.name} | {f.median:,.0f} {f.unit} "
-            f"| {min(f.values):,.0f}–{max(f.values):,.0f} "
+            f"| {day} | {f.name} | {_num(f.median)} {f.unit} "
+            f"| {_num(min(f.values))}–{_num(max(f.values))} "
             f"| {ratio} | {target} | {options.events:,} × {options.runs} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _cpus() -> int:
@@ -133,3 +215,11 @@ def _cpus() -> int:
 
 
 Runner = Callable[[BenchOptions, Callable[[str], None]], Awaitable[list[Figure]]]
+
+
+DEFAULT_POLICY = """
+[defaults]
+max_attempts = 3
+lease_seconds = 300
+ttl_seconds = 14400
+"""

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.bench.runner import BenchOptions, Figure, markdown_rows, results_json, run_bench
+from app.bench.runner import BenchOptions, Figure, _num, markdown_rows, results_json, run_bench
 from app.entrypoints.cli_common import app, fail, load_settings
 
 DEFAULT_SECANTUS = Path(".venv-secantus/bin/secantusd-py")
@@ -21,6 +21,15 @@ PERFORMANCE_DOC = Path("docs/performance.md")
 def bench(
     events: Annotated[int, typer.Option(min=30, max=10_000_000, help="Events per run.")] = 20_000,
     runs: Annotated[int, typer.Option(min=1, max=20, help="Runs; the median is reported.")] = 3,
+    rebuild_events: Annotated[
+        int, typer.Option(min=30, max=10_000_000, help="Events in the rebuild scenario's log.")
+    ] = 100_000,
+    timer_jobs: Annotated[
+        int, typer.Option(min=10, max=1_000_000, help="Live jobs in the timer-lag scenario.")
+    ] = 2_000,
+    requests: Annotated[
+        int, typer.Option(min=10, max=1_000_000, help="Requests per read-latency figure.")
+    ] = 2_000,
     smoke: Annotated[
         bool, typer.Option(help="A quick check that the benchmark works (300 events, 1 run).")
     ] = False,
@@ -52,6 +61,9 @@ def bench(
         secantus=secantus,
         events=300 if smoke else events,
         runs=1 if smoke else runs,
+        rebuild_events=600 if smoke else rebuild_events,
+        timer_jobs=50 if smoke else timer_jobs,
+        requests=50 if smoke else requests,
     )
     console = Console(stderr=True)
     try:
@@ -73,10 +85,10 @@ def _table(figures: list[Figure]) -> Table:
     for f in figures:
         table.add_row(
             f.name,
-            f"{f.median:,.0f} {f.unit}",
-            f"{min(f.values):,.0f}",
-            f"{max(f.values):,.0f}",
-            f"{f.ratio:.2f}" if f.ratio is not None else "baseline",
-            f"≥ {f.target}" if f.target is not None else "",
+            f"{_num(f.median)} {f.unit}",
+            _num(min(f.values)),
+            _num(max(f.values)),
+            f"{f.ratio:.2f}" if f.ratio is not None else "",
+            f.target_text + {True: " ✓", False: " ✗", None: ""}[f.meets],
         )
     return table

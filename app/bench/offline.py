@@ -1,0 +1,200 @@
+"""Scenarios that need no broker: rebuild against an in-memory fold, API read latency, timer lag."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from app.adapters.log_factory import open_event_log
+from app.adapters.sql_rebuild import SqlRebuildTables
+from app.adapters.sql_store import SqlProjectionStore
+from app.bench.workload import lifecycle_events
+from app.bootstrap import Readers, prepare_storage
+from app.domain.chain import RecordedEvent
+from app.domain.events import JobEvent, Reserved, Submitted, parse_event
+from app.domain.machine import fold
+from app.domain.policy import Policy
+from app.entrypoints.api_auth import Tokens
+from app.entrypoints.api_cli import listen, serve_api
+from app.entrypoints.metrics import Metrics
+from app.ports import EventLog
+from app.services.rebuild import rebuild
+from app.services.tracking import Tracker
+from app.settings import Settings
+
+APPEND_CHUNK = 1000
+
+
+async def fill_log(log: EventLog, events: Sequence[JobEvent]) -> None:
+    """Store the events as the tracker would, a chunk per transaction."""
+    at = datetime.now(UTC)
+    for start in range(0, len(events), APPEND_CHUNK):
+        await log.append_many(events[start : start + APPEND_CHUNK], at)
+
+
+async def in_memory_fold_rate(log: EventLog) -> float:
+    """Events/s of decoding the stored JSON and folding each job, all in memory (the baseline)."""
+    stored = [
+        (entry.job_id, entry.seq, entry.recorded_at, entry.data) async for entry in log.scan_raw()
+    ]
+    started = time.perf_counter()
+    current: str | None = None
+    history: list[RecordedEvent] = []
+    for job_id, seq, recorded_at, data in stored:
+        if job_id != current and history:
+            fold(history)
+            history = []
+        current = job_id
+        history.append(RecordedEvent(seq, recorded_at, "", "", parse_event(data)))
+    if history:
+        fold(history)
+    return len(stored) / (time.perf_counter() - started)
+
+
+async def rebuild_rate(settings: Settings, policy: Policy, events: int) -> float:
+    """Events/s of ``rebuild`` (replay into fresh tables, then the row-by-row proof)."""
+    log = open_event_log(settings.log_url)
+    target = SqlRebuildTables(settings.sql_url)
+    try:
+        await rebuild(log, target, policy, force=True)  # the live tables, to compare against
+        started = time.perf_counter()
+        report = await rebuild(log, target, policy, dry_run=True)
+        elapsed = time.perf_counter() - started
+        if not report.equal:
+            raise RuntimeError("the rebuilt projection differs from the live one")
+        return events / elapsed
+    finally:
+        await target.close()
+        await log.close()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def read_latencies(settings: Settings, policy: Policy, requests: int) -> dict[str, float]:
+    """p50/p99 (ms) of GET /jobs/{id} and of a filtered list page, over real HTTP on loopback."""
+    store = SqlProjectionStore(settings.sql_url)
+    job_ids = [row.job_id async for row in store.all_jobs()]
+    await store.close()
+    readers = Readers(
+        open_event_log(settings.log_url), SqlProjectionStore(settings.sql_url), policy
+    )
+    stop = asyncio.Event()
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = asyncio.create_task(
+        serve_api(settings, readers, None, Metrics(), stop, tokens=Tokens(), sock=sock)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            await _wait_until_up(client)
+            one = [await _timed(client, f"/jobs/{random.choice(job_ids)}") for _ in range(requests)]
+            pages = [
+                await _timed(client, "/jobs?status=completed&pool=gpu-a&limit=50")
+                for _ in range(max(requests // 4, 10))
+            ]
+    finally:
+        stop.set()
+        await server
+        await readers.close()
+    return {
+        "get_p50": percentile(one, 0.5),
+        "get_p99": percentile(one, 0.99),
+        "list_p50": percentile(pages, 0.5),
+        "list_p99": percentile(pages, 0.99),
+        "jobs": float(len(job_ids)),
+    }
+
+
+async def _wait_until_up(client: httpx.AsyncClient) -> None:
+    for _ in range(100):
+        try:
+            if (await client.get("/healthz")).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the API did not come up")
+
+
+async def _timed(client: httpx.AsyncClient, path: str) -> float:
+    started = time.perf_counter()
+    answer = await client.get(path)
+    if answer.status_code != 200:
+        raise RuntimeError(f"GET {path} answered {answer.status_code}")
+    return (time.perf_counter() - started) * 1000
+
+
+async def timer_lag(
+    settings: Settings, policy: Policy, jobs: int, lease: float = 3.0
+) -> dict[str, float]:
+    """Seconds from each lease deadline to its recorded expiry, with ``jobs`` live jobs."""
+    from app.adapters.clock import SystemClock
+    from app.services.ingest import Health
+    from app.services.relay import TimerLoop
+
+    await prepare_storage(settings)
+    log = open_event_log(settings.log_url)
+    store = SqlProjectionStore(settings.sql_url)
+    tracker = Tracker(log, store, policy, SystemClock())
+    try:
+        now = datetime.now(UTC)
+        events: list[JobEvent] = []
+        for n in range(jobs):
+            job = f"lease-{uuid.uuid4().hex[:12]}"
+            env = {"job_id": job, "occurred_at": now, "source": "bench", "attempt": 1}
+            events.append(
+                Submitted(
+                    event_id=uuid.uuid4(),
+                    job_type="batch",
+                    model="m",
+                    priority="bulk",
+                    tenant="t",
+                    pool="gpu-a",
+                    queue="jobtrail.work.gpu-a.batch",
+                    **env,
+                )
+            )
+            events.append(
+                Reserved(event_id=uuid.uuid4(), node_id=f"n{n % 50}", lease_seconds=lease, **env)
+            )
+        for start in range(0, len(events), APPEND_CHUNK):
+            await tracker.record(events[start : start + APPEND_CHUNK])
+        loop = asyncio.create_task(TimerLoop(tracker, Health(), interval=0.1).run())
+        deadline = datetime.now(UTC) + timedelta(seconds=lease + 60)
+        lags = await _expiry_lags(log, [e.job_id for e in events[1::2]], deadline)
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        return {"p50": percentile(lags, 0.5), "p99": percentile(lags, 0.99), "jobs": float(jobs)}
+    finally:
+        await log.close()
+        await store.close()
+
+
+async def _expiry_lags(log: EventLog, job_ids: list[str], deadline: datetime) -> list[float]:
+    lags: dict[str, float] = {}
+    while len(lags) < len(job_ids) and datetime.now(UTC) < deadline:
+        await asyncio.sleep(0.5)
+        pending = [j for j in job_ids if j not in lags]
+        for job_id, history in (await log.read_jobs(pending)).items():
+            reserved = next((e for e in history if e.event.type == "reserved"), None)
+            expired = next((e for e in history if e.event.type == "expired"), None)
+            if reserved is not None and expired is not None:
+                lease = getattr(reserved.event, "lease_seconds", None) or 0.0
+                due = reserved.recorded_at + timedelta(seconds=lease)
+                lags[job_id] = max((expired.recorded_at - due).total_seconds(), 0.0)
+    if len(lags) < len(job_ids):
+        raise TimeoutError(f"only {len(lags)} of {len(job_ids)} leases expired in time")
+    return list(lags.values())
+
+
+def rebuild_workload(events: int) -> list[JobEvent]:
+    return lifecycle_events(events, run=f"rb{uuid.uuid4().hex[:6]}")
