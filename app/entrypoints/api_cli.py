@@ -56,7 +56,11 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: any free one); ValueError if impossible."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+        # Accepted sockets inherit this. Without it a kept-alive connection's responses wait for
+        # delayed ACKs (~40 ms each): asyncio sets TCP_NODELAY only on sockets it creates itself.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     except OSError as exc:
         raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 

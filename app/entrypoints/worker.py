@@ -6,7 +6,7 @@ import logging
 from typing import Any, NamedTuple
 
 from faststream import AckPolicy, FastStream
-from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitMessage, RabbitQueue
+from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 
 from app.adapters import rabbit
 from app.bootstrap import Tracking
@@ -32,8 +32,15 @@ async def _incoming(message: Any) -> Incoming:
     return Incoming(bytes(message.body), rabbit.JOB_ID_HEADER in headers)
 
 
-async def _raw_body(message: Any) -> bytes:
-    return bytes(message.body)
+class DeadJob(NamedTuple):
+    """A job message RabbitMQ dead-lettered: its body and headers (x-death, x-delivery-count)."""
+
+    body: bytes
+    headers: dict[str, Any]
+
+
+async def _dead_job(message: Any) -> DeadJob:
+    return DeadJob(bytes(message.body), dict(message.headers or {}))
 
 
 def create_app(tracking: Tracking) -> FastStream:
@@ -44,7 +51,11 @@ def create_app(tracking: Tracking) -> FastStream:
     one for the broker dead-letter queue.
     """
     settings = tracking.settings
-    broker = RabbitBroker(settings.rabbit_url, logger=log, log_level=logging.DEBUG)
+    # No per-message dependency injection: the handlers take the decoder's output as it is, and
+    # FastDepends' validation of it would cost as much as the rest of FastStream's work.
+    broker = RabbitBroker(
+        settings.rabbit_url, logger=log, log_level=logging.DEBUG, apply_types=False
+    )
     for index in range(settings.partitions):
         _subscribe_partition(broker, tracking, index)
     broker_dead = RabbitQueue(  # type: ignore[call-overload]
@@ -58,16 +69,15 @@ def create_app(tracking: Tracking) -> FastStream:
         broker_dead,
         channel=Channel(prefetch_count=64),
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_raw_body,
+        decoder=_dead_job,
         title="jobtrail.broker-dead",
         description="Job messages that RabbitMQ dead-lettered from work queues (x-death).",
     )
-    async def on_broker_dead_letter(body: bytes, message: RabbitMessage) -> None:
-        headers = dict(message.headers or {})
-        event, reason = broker_dead_letter(body, headers, tracking.clock.now())
+    async def on_broker_dead_letter(dead: Any) -> None:  # a DeadJob
+        event, reason = broker_dead_letter(dead.body, dead.headers, tracking.clock.now())
         if event is None:
             assert reason is not None
-            await tracking.publisher.quarantine(body, reason, {})
+            await tracking.publisher.quarantine(dead.body, reason, {})
             return
         await tracking.batcher.submit(event)
 
@@ -93,5 +103,5 @@ def _subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -
             "spread over partitions by the x-jobtrail-job-id header."
         ),
     )
-    async def on_event(message: Any) -> None:
+    async def on_event(message: Any) -> None:  # an Incoming (no validation: apply_types=False)
         await tracking.ingestor.accept(message.body, keyed=message.keyed)
