@@ -77,7 +77,7 @@ AsOfOpt = Annotated[
 
 
 @contextmanager
-def _bar(label: str) -> Iterator[OnProgress]:
+def progress_bar(label: str) -> Iterator[OnProgress]:
     """A progress bar on standard error when it is a terminal; a silent callback otherwise."""
     console = Console(stderr=True)
     progress = Progress(
@@ -203,7 +203,7 @@ def verify_range_command(since: SinceOpt, until: UntilOpt, as_json: JsonOpt = Fa
     settings = load_settings()
 
     async def work(readers: Readers, anchors: AnchorBackend) -> int:
-        with _bar("verifying") as progress:
+        with progress_bar("verifying") as progress:
             report = await verify_range(readers.log, anchors, since, until, progress)
         if as_json:
             broken = [_break_item(b) for b in report.broken]
@@ -324,7 +324,7 @@ def verify_anchors_command(since: SinceDayOpt = None, as_json: JsonOpt = False) 
     clock = SystemClock()
 
     async def work(readers: Readers, anchors: AnchorBackend) -> int:
-        with _bar("checking days") as progress:
+        with progress_bar("checking days") as progress:
             checks = await verify_anchors(readers.log, anchors, anchors, clock, since, progress)
         changed = [c for c in checks if c.status is AnchorStatus.CHANGED]
         if as_json:

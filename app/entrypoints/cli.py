@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,7 +26,7 @@ from app.entrypoints import (  # noqa: F401 - these modules register their comma
     operator_cli,
 )
 from app.entrypoints.api_cli import listen, serve_api
-from app.entrypoints.audit_cli import AsOfOpt
+from app.entrypoints.audit_cli import AsOfOpt, print_row, progress_bar
 from app.entrypoints.cli_common import (
     USAGE_ERROR,
     JobIdArg,
@@ -39,7 +38,6 @@ from app.entrypoints.cli_common import (
     with_readers,
 )
 from app.entrypoints.metrics import Metrics
-from app.ports import JobRow
 from app.services.audit import job_row_as_of
 from app.services.projection import job_row
 from app.services.tracking import fold_history
@@ -124,7 +122,7 @@ async def _status(readers: Readers, job_id: str, as_json: bool, as_of: datetime 
         past = await job_row_as_of(readers.log, readers.policy, job_id, as_of)
         if past is None:
             fail(f"no events recorded for job {job_id!r} by {as_of.isoformat()}", 2)
-        _print_row(past, as_json)
+        print_row(past, as_json)
         return 0
     row = await readers.store.get_job(job_id)
     if row is None:
@@ -132,21 +130,8 @@ async def _status(readers: Readers, job_id: str, as_json: bool, as_of: datetime 
         if not events:
             fail(f"no events for job {job_id!r}", 2)
         row = job_row(fold_history(events, readers.policy), readers.policy)
-    _print_row(row, as_json)
+    print_row(row, as_json)
     return 0
-
-
-def _print_row(row: JobRow, as_json: bool) -> None:
-    data = {k: _jsonable(v) for k, v in asdict(row).items()}
-    if as_json:
-        typer.echo(json.dumps(data))
-        return
-    for key, value in data.items():
-        typer.echo(f"{key:>18}  {'' if value is None else value}")
-
-
-def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
 
 
 @app.command()
@@ -202,12 +187,15 @@ async def _verify(readers: Readers, job: str | None) -> int:
         groups: AsyncIterator[tuple[str, list[StoredEvent]]] = _single(job, entries)
     else:
         groups = _chains(readers.log.scan_raw())
-    async for job_id, chain in groups:
-        checked += 1
-        found = verify_chain(job_id, chain)
-        if found is not None:
-            broken += 1
-            typer.echo(f"BROKEN {found.job_id} at seq {found.seq}: {found.reason}")
+    total, done = await readers.log.count(), 0
+    with progress_bar("verifying") as advance:
+        async for job_id, chain in groups:
+            checked, done = checked + 1, done + len(chain)
+            advance(done, max(total, done))
+            found = verify_chain(job_id, chain)
+            if found is not None:
+                broken += 1
+                typer.echo(f"BROKEN {found.job_id} at seq {found.seq}: {found.reason}")
     typer.echo(f"verified {checked} jobs: {checked - broken} intact, {broken} broken", err=True)
     return 1 if broken else 0
 
