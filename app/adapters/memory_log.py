@@ -10,6 +10,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent, link_hash
 from app.domain.events import JobEvent, canonical_json, parse_event
@@ -27,6 +28,22 @@ def truncate_ms(moment: datetime) -> datetime:
         raise ValueError("recorded_at must be timezone-aware")
     utc = moment.astimezone(UTC)
     return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+
+
+def entry_fields(entry: StoredEvent, event: JobEvent) -> dict[str, Any]:
+    """What a stored entry holds, as a document or a row: the chain, the data, query fields."""
+    return {
+        "event_id": entry.event_id,
+        "job_id": entry.job_id,
+        "seq": entry.seq,
+        "type": event.type,
+        "attempt": event.attempt,
+        "occurred_at": event.occurred_at.astimezone(UTC),
+        "recorded_at": entry.recorded_at,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+        "data": entry.data,
+    }
 
 
 def chain_entry(

@@ -24,6 +24,7 @@ from app.adapters.memory_log import (
     conflict_pause,
     decode_entry,
     duplicate,
+    entry_fields,
     truncate_ms,
 )
 from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
@@ -65,21 +66,6 @@ def _translated(action: str) -> Iterator[None]:
         yield
     except (PyMongoError, OSError) as exc:
         raise LogUnavailable(f"MongoDB event log: {action} failed: {exc}") from exc
-
-
-def _document(entry: StoredEvent, event: JobEvent) -> Document:
-    return {
-        "event_id": entry.event_id,
-        "job_id": entry.job_id,
-        "seq": entry.seq,
-        "type": event.type,
-        "attempt": event.attempt,
-        "occurred_at": event.occurred_at.astimezone(UTC),
-        "recorded_at": entry.recorded_at,
-        "prev_hash": entry.prev_hash,
-        "hash": entry.hash,
-        "data": entry.data,
-    }
 
 
 def _stored(doc: Mapping[str, Any]) -> StoredEvent:
@@ -142,7 +128,7 @@ class MongoEventLog:
         )
         entry = chain_entry(event, at) if tip is None else chain_entry(event, at, *_tip(tip))
         try:
-            await self._events.insert_one(_document(entry, event))
+            await self._events.insert_one(entry_fields(entry, event))
         except DuplicateKeyError:
             # Either index may have fired; the event_id tells which without parsing messages.
             return await self._stored_outcome(entry.event_id)
@@ -213,7 +199,7 @@ class MongoEventLog:
         for position, (item, event) in enumerate(zip(plan, events, strict=True)):
             if isinstance(item, StoredEvent):
                 positions.append(position)
-                docs.append(_document(item, event))
+                docs.append(entry_fields(item, event))
         if not docs:
             return len(plan)
         try:

@@ -40,6 +40,7 @@ from app.adapters.memory_log import (
     conflict_pause,
     decode_entry,
     duplicate,
+    entry_fields,
     truncate_ms,
 )
 from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
@@ -128,21 +129,6 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _row(entry: StoredEvent, event: JobEvent) -> dict[str, Any]:
-    return {
-        "event_id": entry.event_id,
-        "job_id": entry.job_id,
-        "seq": entry.seq,
-        "type": event.type,
-        "attempt": event.attempt,
-        "occurred_at": event.occurred_at.astimezone(UTC),
-        "recorded_at": entry.recorded_at,
-        "prev_hash": entry.prev_hash,
-        "hash": entry.hash,
-        "data": entry.data,
-    }
-
-
 def _stored(row: _AnyRow) -> StoredEvent:
     return StoredEvent(
         job_id=row.job_id,
@@ -195,7 +181,7 @@ class SqlEventLog:
                     )
                 ).first()
                 entry = chain_entry(event, at) if tip is None else chain_entry(event, at, *tip)
-                await conn.execute(events_table.insert().values(_row(entry, event)))
+                await conn.execute(events_table.insert().values(entry_fields(entry, event)))
         except IntegrityError:
             # The failed transaction is gone; the event_id tells which unique index fired.
             return await self._stored_outcome(str(event.event_id))
@@ -369,5 +355,5 @@ def _plan(
         tips[job_event.job_id] = (entry.seq, entry.hash)
         known[event_id] = (entry.job_id, entry.seq)
         outcomes.append(appended(entry))
-        rows.append(_row(entry, job_event))
+        rows.append(entry_fields(entry, job_event))
     return outcomes, rows

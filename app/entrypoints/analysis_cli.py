@@ -7,7 +7,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
@@ -29,6 +29,7 @@ from app.bootstrap import Readers
 from app.domain.chain import RecordedEvent
 from app.domain.events import EVENT_TYPES
 from app.domain.policy import Policy
+from app.entrypoints.audit_cli import instant_param
 from app.entrypoints.cli_common import JsonOpt, app, fail, job_id_arg, load_settings, run
 from app.entrypoints.cli_common import with_readers as _with_readers
 from app.services.analysis import Window, analyze
@@ -40,25 +41,8 @@ from app.services.whatif import whatif
 EXPORT_BATCH = 5000
 
 
-def instant(text: str) -> datetime:
-    """Typer parser of an instant: ISO-8601 with its offset (``...Z``), or a date meaning 00:00Z."""
-    try:
-        return datetime.combine(date.fromisoformat(text), time(), tzinfo=UTC)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text[:60]!r} is not an ISO-8601 instant (e.g. 2026-11-27T14:02:00Z)"
-        ) from None
-    if moment.tzinfo is None:
-        raise typer.BadParameter(f"{text[:60]!r} has no UTC offset: add Z or +HH:MM")
-    return moment.astimezone(UTC)
-
-
 def _time_option(name: str, help_text: str) -> Any:
-    return typer.Option(name, parser=instant, metavar="TIME", help=help_text)
+    return typer.Option(name, parser=instant_param, metavar="TIME", help=help_text)
 
 
 SinceOpt = Annotated[datetime | None, _time_option("--since", "Events recorded from (included).")]
