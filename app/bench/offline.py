@@ -198,3 +198,36 @@ async def _expiry_lags(log: EventLog, job_ids: list[str], deadline: datetime) ->
 
 def rebuild_workload(events: int) -> list[JobEvent]:
     return lifecycle_events(events, run=f"rb{uuid.uuid4().hex[:6]}")
+
+
+_PEAK_RSS = (
+    "import resource, subprocess, sys; "
+    "done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE); "
+    "sys.exit(done.stderr.decode()[-500:]) if done.returncode not in (0, 1) else None; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+async def peak_rss_mb(settings: Settings, command: Sequence[str]) -> float:
+    """Peak resident memory (MB) of one ``jobtrail`` command over the scenario's log."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
+    env |= {"JOBTRAIL_LOG_URL": settings.log_url, "JOBTRAIL_SQL_URL": settings.sql_url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _PEAK_RSS,
+        sys.executable,
+        "-m",
+        "app",
+        *command,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"jobtrail {' '.join(command)} failed: {err.decode()[-500:]}")
+    return int(out.decode().split()[-1]) / 1024

@@ -16,6 +16,7 @@ from app.bench.databases import mongo_database, scratch_postgres, secantus_serve
 from app.bench.offline import (
     fill_log,
     in_memory_fold_rate,
+    peak_rss_mb,
     read_latencies,
     rebuild_rate,
     rebuild_workload,
@@ -141,6 +142,12 @@ async def _offline_figures(options: BenchOptions, progress: Callable[[str], None
     )
     get_p99 = Figure("GET /jobs/{id} p99 over HTTP", "ms", target=5, at_most=True)
     list_p99 = Figure("filtered list page p99 over HTTP", "ms", target=20, at_most=True)
+    memory = Figure(
+        f"peak RSS of export / replay / verify over {options.rebuild_events:,} events (largest)",
+        "MB",
+        target=300,
+        at_most=True,
+    )
     lag_p99 = Figure(
         f"lease-expiry detection lag p99, {options.timer_jobs:,} live jobs",
         "s",
@@ -162,6 +169,13 @@ async def _offline_figures(options: BenchOptions, progress: Callable[[str], None
             rate = await rebuild_rate(settings, policy, options.rebuild_events)
             rebuilt.values.append(rate)
             rebuilt.ratios.append(rate / base)
+            progress(f"run {run + 1}: memory of export, replay, verify")
+            commands = (
+                ["export", "--format", "jsonl", "--output", "/dev/null"],
+                ["replay", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z"],
+                ["verify"],
+            )
+            memory.values.append(max([await peak_rss_mb(settings, c) for c in commands]))
             progress(f"run {run + 1}: read latency")
             reads = await read_latencies(settings, policy, options.requests)
             get_p99.values.append(reads["get_p99"])
@@ -170,7 +184,7 @@ async def _offline_figures(options: BenchOptions, progress: Callable[[str], None
             settings = Settings(rabbit_url=options.rabbit_url, log_url=sql, sql_url=sql)
             progress(f"run {run + 1}: timer lag")
             lag_p99.values.append((await timer_lag(settings, policy, options.timer_jobs))["p99"])
-    return [fold_rate, rebuilt, get_p99, list_p99, lag_p99]
+    return [fold_rate, rebuilt, memory, get_p99, list_p99, lag_p99]
 
 
 def results_json(figures: list[Figure], options: BenchOptions) -> str:

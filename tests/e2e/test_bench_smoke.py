@@ -32,10 +32,11 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
     assert any(n.startswith("rebuild") for n in names)
     assert any(n.startswith("GET /jobs/{id} p99") for n in names)
     assert any(n.startswith("lease-expiry detection lag") for n in names)
+    assert any(n.startswith("peak RSS of export / replay / verify") for n in names)
     for figure in report["figures"]:
         assert figure["values"], figure
         assert all(v >= 0 for v in figure["values"]), figure
-        if figure["unit"] in ("msg/s", "events/s", "ms"):
+        if figure["unit"] in ("msg/s", "events/s", "ms", "MB"):
             assert all(v > 0 for v in figure["values"]), figure
     ratios = [f["ratio"] for f in report["figures"] if f["baseline"]]
     assert ratios and all(r > 0 for r in ratios)
