@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SECANTUS := .venv-secantus
 
-.PHONY: setup services browser serve test test-unit lint typecheck check bench clean
+.PHONY: setup services browser serve test test-unit test-faults lint typecheck check bench clean
 
 setup: $(VENV)/.installed $(SECANTUS)/.installed browser
 
@@ -34,6 +34,11 @@ serve: $(VENV)/.installed services
 test: setup services
 	$(BIN)/pytest --cov=app --cov-branch --cov-report=term:skip-covered -q
 	$(BIN)/coverage report --include='app/domain/*' --fail-under=100 --show-missing
+
+# The fault-injection and fuzzing suite in its full form (20 kills over 100,000 events, 30 s
+# outages, 10,000 hostile inputs); `make test` runs its short form.
+test-faults: setup services
+	JOBTRAIL_FAULTS_SCALE=full $(BIN)/pytest -m faults tests/faults tests/fuzz -q -rxXs --durations=30
 
 test-unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit -q
