@@ -42,6 +42,8 @@ BROKER_DEAD_QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
 log = logging.getLogger("jobtrail.rabbit")
 
 _BROKER_ERRORS = (
+    # aio-pika raises a bare RuntimeError("... closed") for a publish on a closed connection.
+    RuntimeError,
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.AMQPError,
     ConnectionError,
@@ -81,6 +83,8 @@ class RabbitPublisher:
             self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
             self._channel = await self._open_channel()
             await declare_topology(self._channel, self._partitions)
+            # Declared above with their own arguments: never re-declare them as work queues.
+            self._declared |= {DEAD_QUEUE, QUARANTINE_QUEUE}
         except aiormq.exceptions.ConnectionCommandInvalid as exc:
             raise PublishFailed(
                 f"RabbitMQ refused Jobtrail's topology ({exc}); is the "

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -28,11 +29,35 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 MAX_PAYLOAD_BYTES = 64 * 1024
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN, min_length=1, max_length=200)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-PoolName = Annotated[str, StringConstraints(min_length=1, max_length=160)]
+NO_NUL = r"^[^\x00]*$"
+"""Text never holds NUL: PostgreSQL cannot store it, and no name or message needs it."""
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+PoolName = Annotated[str, StringConstraints(min_length=1, max_length=160, pattern=NO_NUL)]
 """A pool: short enough for its default work queue ``jobtrail.work.<pool>.<job_type>``."""
-Text = Annotated[str, StringConstraints(max_length=4000)]
+Text = Annotated[str, StringConstraints(max_length=4000, pattern=NO_NUL)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=366 * 24 * 3600)]
+
+
+def _queue_name(value: str) -> str:
+    """RabbitMQ refuses names over 255 bytes and the reserved ``amq.`` prefix."""
+    if value.startswith("amq."):
+        raise ValueError("queue names starting with 'amq.' are reserved by RabbitMQ")
+    if len(value.encode()) > 255:
+        raise ValueError("a queue name is at most 255 bytes of UTF-8")
+    return value
+
+
+def _utc_representable(value: datetime) -> datetime:
+    """An instant that has a UTC form (``0001-01-01T00:00+14:00`` has none)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("instant is out of range once converted to UTC") from None
+    return value
+
+
+QueueName = Annotated[Name, AfterValidator(_queue_name)]
+"""A work queue RabbitMQ accepts."""
 
 
 class JobType(StrEnum):
@@ -79,7 +104,7 @@ class EventBase(_Frozen):
     version: Literal[1] = 1
     event_id: UUID
     job_id: JobId
-    occurred_at: AwareDatetime
+    occurred_at: Annotated[AwareDatetime, AfterValidator(_utc_representable)]
     attempt: Annotated[int, Field(ge=1, le=1_000_000)]
     source: Name
     actor: Name | None = None
@@ -92,7 +117,7 @@ class Submitted(EventBase):
     priority: Priority
     tenant: Name
     pool: PoolName
-    queue: Name
+    queue: QueueName
     payload: JsonValue = None
     max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
     ttl_seconds: PositiveSeconds | None = None
@@ -146,7 +171,7 @@ class Retried(EventBase):
 
     type: Literal["retried"] = "retried"
     pool: PoolName
-    queue: Name
+    queue: QueueName
 
 
 class Rerouted(EventBase):
@@ -155,7 +180,7 @@ class Rerouted(EventBase):
     type: Literal["rerouted"] = "rerouted"
     from_pool: PoolName
     pool: PoolName
-    queue: Name
+    queue: QueueName
 
 
 class DeadLettered(EventBase):
@@ -180,7 +205,7 @@ class Redriven(EventBase):
 
     type: Literal["redriven"] = "redriven"
     pool: PoolName
-    queue: Name
+    queue: QueueName
     reason: Text = ""
 
     @model_validator(mode="after")

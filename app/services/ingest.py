@@ -33,6 +33,8 @@ def rejection_reason(body: bytes) -> tuple[JobEvent | None, str | None]:
         json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"invalid_json: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        return None, "invalid_json: nested too deeply"
     try:
         return parse_event(text), None
     except ValidationError as exc:

@@ -31,6 +31,10 @@ class TimerLoop:
                 log.warning("timer loop: store unavailable: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
+            except Exception:  # a bug must not end the loop: log it, back off, go on
+                log.exception("timer loop failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
             if fired == 0:
                 await asyncio.sleep(self.interval)
 
@@ -61,6 +65,11 @@ class OutboxRelay:
                 delay = 0.2
             except (StoreUnavailable, PublishFailed) as exc:
                 log.warning("outbox relay: retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except Exception:  # a bug must not end the relay: log it, back off, go on
+                log.exception("outbox relay failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue

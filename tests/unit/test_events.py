@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import typing
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -317,4 +318,45 @@ def test_as_utc_normalises_to_utc_with_microseconds() -> None:
     assert as_utc(moment) == "2024-01-01T12:00:00.000000+00:00"
     assert (
         as_utc(datetime(2024, 1, 1, 12, 0, 0, 5, tzinfo=UTC)) == "2024-01-01T12:00:00.000005+00:00"
+    )
+
+
+@pytest.mark.parametrize(
+    ("queue", "message"),
+    [("amq.evil", "reserved by RabbitMQ"), ("й" * 130, "at most 255 bytes")],
+)
+def test_work_queue_names_rabbitmq_refuses_are_rejected(queue: str, message: str) -> None:
+    data = json.loads(canonical_json(_submitted_for_queue("q")))
+    data["queue"] = queue
+    with pytest.raises(ValidationError, match=message):
+        parse_event(json.dumps(data))
+
+
+def test_an_instant_without_a_utc_form_is_rejected() -> None:
+    data = json.loads(canonical_json(_submitted_for_queue("q")))
+    data["occurred_at"] = "0001-01-01T00:00:00+14:00"
+    with pytest.raises(ValidationError, match="out of range once converted to UTC"):
+        parse_event(json.dumps(data))
+
+
+def test_nul_characters_are_rejected_in_names_and_texts() -> None:
+    data = json.loads(canonical_json(_submitted_for_queue("q")))
+    data["tenant"] = "t\u0000"
+    with pytest.raises(ValidationError, match="tenant"):
+        parse_event(json.dumps(data))
+
+
+def _submitted_for_queue(queue: str) -> Submitted:
+    return Submitted(
+        event_id=uuid.uuid4(),
+        job_id="j",
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        attempt=1,
+        source="cloud",
+        job_type="sync",
+        model="m",
+        priority="bulk",
+        tenant="t",
+        pool="p",
+        queue=queue,
     )

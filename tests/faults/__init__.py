@@ -1,0 +1,1 @@
+"""Fault injection: kills, outages, broker restarts, timers across restarts, clock skew."""

@@ -1,0 +1,1 @@
+"""Fuzzing: hostile input through RabbitMQ (hand-written corpus and Hypothesis)."""
