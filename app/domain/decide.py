@@ -151,30 +151,22 @@ def _republish(
 
 
 def _expire_ttl(state: JobState, now: datetime) -> tuple[JobEvent, ...]:
-    return (
-        Expired(
-            event_id=derived_event_id(state.job_id, "expired", state.attempt, "ttl"),
-            job_id=state.job_id,
-            occurred_at=now,
-            attempt=state.attempt,
-            source=JOBTRAIL_SOURCE,
-            reason=ExpiryReason.TTL,
-            detail="time to live ran out",
-        ),
-    )
+    return (_expired(state, now, ExpiryReason.TTL, "time to live ran out"),)
 
 
 def _expire_lease(state: JobState, now: datetime) -> tuple[JobEvent, ...]:
-    return (
-        Expired(
-            event_id=derived_event_id(state.job_id, "expired", state.attempt, "lease"),
-            job_id=state.job_id,
-            occurred_at=now,
-            attempt=state.attempt,
-            source=JOBTRAIL_SOURCE,
-            reason=ExpiryReason.LEASE,
-            detail=f"lease of {state.node_id} ran out",
-        ),
+    return (_expired(state, now, ExpiryReason.LEASE, f"lease of {state.node_id} ran out"),)
+
+
+def _expired(state: JobState, now: datetime, reason: ExpiryReason, detail: str) -> JobEvent:
+    return Expired(
+        event_id=derived_event_id(state.job_id, "expired", state.attempt, str(reason)),
+        job_id=state.job_id,
+        occurred_at=now,
+        attempt=state.attempt,
+        source=JOBTRAIL_SOURCE,
+        reason=reason,
+        detail=detail,
     )
 
 

@@ -112,7 +112,7 @@ class Tracker:
             pending = list(decided)
 
     def _fold(self, events: Sequence[RecordedEvent]) -> JobState:
-        return fold(events, skew_tolerance=self.policy.clock_skew_tolerance)
+        return fold_history(events, self.policy)
 
     def _announce(self, decided: Iterable[JobEvent], state: JobState) -> None:
         for event in decided:
