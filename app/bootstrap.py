@@ -10,12 +10,14 @@ from importlib import resources
 from app.adapters.clock import SystemClock
 from app.adapters.log_factory import open_event_log
 from app.adapters.rabbit import RabbitPublisher
+from app.adapters.rabbit_ring import RabbitRing
 from app.adapters.sql_schema import migrate
 from app.adapters.sql_store import SqlProjectionStore
 from app.domain.policy import Policy
 from app.ports import Clock, EventLog, ProjectionStore
 from app.services.ingest import Batcher, Health, Ingestor
 from app.services.relay import OutboxRelay, TimerLoop
+from app.services.ring import RingKeeper
 from app.services.tracking import Tracker
 from app.settings import Settings
 
@@ -91,18 +93,22 @@ class Tracking:
     ingestor: Ingestor
     relay: OutboxRelay
     timers: TimerLoop
+    ring: RingKeeper
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.readers.log.ensure_schema()
+        self.publisher.on_reconnect(self.ring.ensure_soon)
         await self.publisher.connect()
         self.batcher.start()
+        self.ring.ensure_soon()
         self._tasks = [
             asyncio.create_task(self.relay.run(), name="jobtrail-outbox-relay"),
             asyncio.create_task(self.timers.run(), name="jobtrail-timers"),
         ]
 
     async def stop(self) -> None:
+        await self.ring.stop()
         await self.batcher.stop()
         for task in self._tasks:
             task.cancel()
@@ -126,6 +132,15 @@ def build_tracking(settings: Settings) -> Tracking:
     batcher = Batcher(
         tracker.record, health, max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
     )
+    ingestor = Ingestor(batcher, publisher, rekey_unkeyed=settings.partitions > 1)
+    ring = RingKeeper(
+        readers.store,
+        RabbitRing(settings.rabbit_url, partitions=settings.partitions),
+        ingestor,
+        batcher,
+        clock,
+        settings.partitions,
+    )
     return Tracking(
         settings=settings,
         readers=readers,
@@ -134,7 +149,8 @@ def build_tracking(settings: Settings) -> Tracking:
         health=health,
         tracker=tracker,
         batcher=batcher,
-        ingestor=Ingestor(batcher, publisher, rekey_unkeyed=settings.partitions > 1),
+        ingestor=ingestor,
         relay=relay,
         timers=TimerLoop(tracker, health, interval=settings.timer_interval_ms / 1000),
+        ring=ring,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,8 @@ class InMemoryProjectionStore:
         self._timers: dict[str, TimerRow] = {}
         self._claims: dict[str, datetime] = {}
         self._checkpoints: dict[str, str] = {}
+        self._barriers: dict[str, datetime | None] = {}
+        self._arrivals: dict[str, set[int]] = {}
 
     async def apply(
         self, updates: Sequence[ProjectionUpdate], checkpoints: Mapping[str, str] | None = None
@@ -147,6 +150,27 @@ class InMemoryProjectionStore:
     async def get_checkpoint(self, name: str) -> str | None:
         """The checkpoint's value, or None if it was never set."""
         return self._checkpoints.get(name)
+
+    async def begin_barrier(self, now: datetime) -> str:
+        for epoch, opened in self._barriers.items():  # oldest first: dicts keep insertion order
+            if opened is None:
+                return epoch
+        epoch = uuid.uuid4().hex
+        self._barriers[epoch] = None
+        return epoch
+
+    async def barrier_arrive(self, epoch: str, partition: int, now: datetime) -> None:
+        self._arrivals.setdefault(epoch, set()).add(partition)
+
+    async def barrier_arrivals(self, epoch: str) -> set[int]:
+        return set(self._arrivals.get(epoch, ()))
+
+    async def barrier_opened(self, epoch: str) -> bool:
+        return epoch not in self._barriers or self._barriers[epoch] is not None
+
+    async def open_barrier(self, epoch: str, now: datetime) -> None:
+        if self._barriers.get(epoch) is None:
+            self._barriers[epoch] = now
 
     async def close(self) -> None:
         """Nothing to release."""

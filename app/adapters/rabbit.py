@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aio_pika
@@ -20,7 +20,12 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from app.ports import OutboxMessage, PublishFailed
 
 EVENTS_EXCHANGE = "jobtrail.events"
-PARTITION_EXCHANGE = "jobtrail.partitions"
+INTAKE_EXCHANGE = "jobtrail.intake"
+RING_EXCHANGE = "jobtrail.ring"
+LEGACY_PARTITION_EXCHANGE = "jobtrail.partitions"  # the durable ring of releases before 0.2
+UNROUTED_EXCHANGE = "jobtrail.unrouted"
+UNROUTED_QUEUE = "jobtrail.unrouted"
+BARRIER_HEADER = "x-jobtrail-barrier"
 QUARANTINE_QUEUE = "jobtrail.quarantine"
 DEAD_QUEUE = "jobtrail.dead"
 BROKER_DLX = "jobtrail.broker-dlx"
@@ -38,10 +43,12 @@ TRACKER_QUEUE_ARGS: dict[str, Any] = {
     "x-dead-letter-routing-key": QUARANTINE_QUEUE,
 }
 BROKER_DEAD_QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
+UNROUTED_QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
+INTAKE_EXCHANGE_ARGS: dict[str, Any] = {"alternate-exchange": UNROUTED_EXCHANGE}
 
 log = logging.getLogger("jobtrail.rabbit")
 
-_BROKER_ERRORS = (
+BROKER_ERRORS = (
     # aio-pika raises a bare RuntimeError("... closed") for a publish on a closed connection.
     RuntimeError,
     aio_pika.exceptions.AMQPError,
@@ -76,13 +83,19 @@ class RabbitPublisher:
         self._channel: AbstractRobustChannel | None = None
         self._declared: set[str] = set()
         self._lock = asyncio.Lock()
+        self._on_reconnect: list[Callable[[], None]] = []
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the connection comes back (the broker may have restarted)."""
+        self._on_reconnect.append(callback)
 
     async def connect(self) -> None:
-        """Connect and declare Jobtrail's own queues and exchanges."""
+        """Connect and declare Jobtrail's queues and exchanges (the ring is its keeper's job)."""
         try:
             self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
+            self._connection.reconnect_callbacks.add(self._reconnected)
             self._channel = await self._open_channel()
-            await declare_topology(self._channel, self._partitions)
+            await declare_topology(self._channel, self._partitions, ring=False)
             # Declared above with their own arguments: never re-declare them as work queues.
             self._declared |= {DEAD_QUEUE, QUARANTINE_QUEUE}
         except aiormq.exceptions.ConnectionCommandInvalid as exc:
@@ -90,8 +103,12 @@ class RabbitPublisher:
                 f"RabbitMQ refused Jobtrail's topology ({exc}); is the "
                 "rabbitmq_consistent_hash_exchange plugin enabled?"
             ) from exc
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise PublishFailed(f"cannot reach RabbitMQ: {exc!r}") from exc
+
+    def _reconnected(self, *_: object) -> None:
+        for callback in self._on_reconnect:
+            callback()
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -109,7 +126,7 @@ class RabbitPublisher:
                 priority=message.priority,
                 message_id=message.event_id,
             )
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise PublishFailed(f"publish to {message.routing_key} failed: {exc!r}") from exc
 
     async def rekey(self, body: bytes, routing_key: str, job_id: str) -> None:
@@ -124,7 +141,7 @@ class RabbitPublisher:
             )
             exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
             await exchange.publish(message, routing_key=routing_key, mandatory=True)
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise PublishFailed(f"re-publishing an event for {job_id} failed: {exc!r}") from exc
 
     async def quarantine(self, body: bytes, reason: str, headers: Mapping[str, str]) -> None:
@@ -133,7 +150,7 @@ class RabbitPublisher:
             await self._publish(
                 body, QUARANTINE_QUEUE, headers={**headers, REASON_HEADER: reason[:1000]}
             )
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise PublishFailed(f"quarantine failed: {exc!r}") from exc
 
     async def _publish(
@@ -190,28 +207,42 @@ class RabbitPublisher:
         return await self._connection.channel(publisher_confirms=True, on_return_raises=True)
 
 
-async def declare_topology(channel: aio_pika.abc.AbstractChannel, partitions: int = 1) -> None:
+async def declare_topology(
+    channel: aio_pika.abc.AbstractChannel, partitions: int = 1, *, ring: bool = True
+) -> None:
     """Declare the exchanges and queues Jobtrail owns (idempotent).
 
-    ``jobtrail.events`` (topic) feeds ``jobtrail.partitions`` (consistent hash on the
-    ``x-jobtrail-job-id`` header), which spreads jobs over the partition queues
-    ``jobtrail.tracker.<n>``; each has a single active consumer, so one tracker owns a job.
+    ``jobtrail.events`` (topic) sends ``job.#`` to ``jobtrail.intake`` (fanout), which feeds
+    ``jobtrail.ring`` (consistent hash on the ``x-jobtrail-job-id`` header), which spreads jobs
+    over the partition queues ``jobtrail.tracker.<n>``; each has a single active consumer, so one
+    tracker owns a job. What the intake cannot route (no ring yet) goes to its alternate
+    exchange and the ``jobtrail.unrouted`` queue. Producers may declare ``jobtrail.events``
+    themselves (durable topic, no arguments).
+
+    The ring is transient: RabbitMQ 3.x rebuilds a durable one at boot in whatever order its
+    bindings come back, which moves about half the jobs to another partition. A tracker builds
+    it again after each broker start, behind a barrier (app/services/ring.py); ``ring=False``
+    leaves it to that barrier.
     """
+    unrouted_exchange = await channel.declare_exchange(
+        UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    unrouted = await channel.declare_queue(
+        UNROUTED_QUEUE, durable=True, arguments=UNROUTED_QUEUE_ARGS
+    )
+    await unrouted.bind(unrouted_exchange)
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    spread = await channel.declare_exchange(
-        PARTITION_EXCHANGE,
-        aio_pika.ExchangeType.X_CONSISTENT_HASH,
-        durable=True,
-        arguments={"hash-header": JOB_ID_HEADER},
+    intake = await channel.declare_exchange(
+        INTAKE_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True, arguments=INTAKE_EXCHANGE_ARGS
     )
-    await spread.bind(events, routing_key=EVENTS_ROUTING)
+    await intake.bind(events, routing_key=EVENTS_ROUTING)
+    await channel.exchange_delete(LEGACY_PARTITION_EXCHANGE)  # a no-op once it is gone
     for index in range(partitions):
-        queue = await channel.declare_queue(
+        await channel.declare_queue(
             partition_queue(index), durable=True, arguments=TRACKER_QUEUE_ARGS
         )
-        await queue.bind(spread, routing_key="1")  # equal weights
     await channel.declare_queue(QUARANTINE_QUEUE, durable=True)
     await channel.declare_queue(DEAD_QUEUE, durable=True)
     dlx = await channel.declare_exchange(BROKER_DLX, aio_pika.ExchangeType.FANOUT, durable=True)
@@ -219,3 +250,24 @@ async def declare_topology(channel: aio_pika.abc.AbstractChannel, partitions: in
         BROKER_DEAD_QUEUE, durable=True, arguments=BROKER_DEAD_QUEUE_ARGS
     )
     await broker_dead.bind(dlx)
+    if ring:
+        await declare_ring(channel, partitions)
+
+
+async def declare_ring(channel: aio_pika.abc.AbstractChannel, partitions: int) -> None:
+    """Build the ring (partition queues bound in index order, equal weights), then feed it.
+
+    A ring built afresh in the same order always routes a job to the same partition; binding
+    queues that are bound already changes nothing.
+    """
+    ring = await channel.declare_exchange(
+        RING_EXCHANGE,
+        aio_pika.ExchangeType.X_CONSISTENT_HASH,
+        durable=False,
+        arguments={"hash-header": JOB_ID_HEADER},
+    )
+    for index in range(partitions):
+        queue = await channel.declare_queue(partition_queue(index), passive=True)
+        await queue.bind(ring, routing_key="1")
+    intake = await channel.get_exchange(INTAKE_EXCHANGE, ensure=False)
+    await ring.bind(intake)

@@ -167,3 +167,21 @@ checkpoints = Table(
     Column("value", Text, nullable=False),
     _at("updated_at", nullable=False),
 )
+
+# Ring barriers (app/services/ring.py): after RabbitMQ lost the partition ring (a broker restart),
+# every partition pauses at a marker until the events published meanwhile are recorded.
+ring_barriers = Table(
+    "ring_barriers",
+    projection_metadata,
+    Column("epoch", String(64), primary_key=True),
+    _at("created_at", nullable=False),
+    _at("opened_at"),
+)
+
+ring_arrivals = Table(
+    "ring_arrivals",
+    projection_metadata,
+    Column("epoch", String(64), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    _at("arrived_at", nullable=False),
+)

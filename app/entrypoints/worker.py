@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, NamedTuple
 
 from faststream import AckPolicy, FastStream
@@ -14,12 +15,18 @@ from app.services.broker_signals import broker_dead_letter
 
 log = logging.getLogger("jobtrail.worker")
 
+_EPOCH = re.compile(r"[0-9a-f]{32}")  # a barrier epoch; any other header value is not a marker
+
 
 class Incoming(NamedTuple):
-    """A message as delivered: its body, undecoded, and whether it named its job in a header."""
+    """A message as delivered: its body, undecoded, and whether it named its job in a header.
+
+    ``barrier`` is the epoch of a ring barrier's marker (app/services/ring.py), else None.
+    """
 
     body: bytes
     keyed: bool
+    barrier: str | None = None
 
 
 async def _incoming(message: Any) -> Incoming:
@@ -29,7 +36,12 @@ async def _incoming(message: Any) -> Incoming:
     handler would cost a worker-thread round trip per message (see NOTES-stack.md).
     """
     headers = message.headers or {}
-    return Incoming(bytes(message.body), rabbit.JOB_ID_HEADER in headers)
+    barrier = headers.get(rabbit.BARRIER_HEADER)
+    return Incoming(
+        bytes(message.body),
+        rabbit.JOB_ID_HEADER in headers,
+        barrier if isinstance(barrier, str) and _EPOCH.fullmatch(barrier) else None,
+    )
 
 
 class DeadJob(NamedTuple):
@@ -104,4 +116,7 @@ def _subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -
         ),
     )
     async def on_event(message: Any) -> None:  # an Incoming (no validation: apply_types=False)
-        await tracking.ingestor.accept(message.body, keyed=message.keyed)
+        if message.barrier is not None:
+            await tracking.ring.arrive(index, message.barrier)
+            return
+        await tracking.ingestor.accept(message.body, keyed=message.keyed, partition=index)

@@ -63,8 +63,13 @@ class Health:
 
 @dataclass
 class _Pending:
-    event: JobEvent
+    event: JobEvent | None
+    """None for a flush: done once everything queued before it is recorded."""
     done: asyncio.Future[None]
+
+    @classmethod
+    def of(cls, event: JobEvent | None) -> _Pending:
+        return cls(event, asyncio.get_running_loop().create_future())
 
 
 @dataclass
@@ -100,9 +105,19 @@ class Batcher:
 
     async def submit(self, event: JobEvent) -> None:
         """Return once ``event`` is durably recorded and projected."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(event, done))
-        await done
+        pending = _Pending.of(event)
+        self.hand(pending)
+        await pending.done
+
+    async def flush(self) -> None:
+        """Return once every event submitted before this call is recorded."""
+        pending = _Pending.of(None)
+        self.hand(pending)
+        await pending.done
+
+    def hand(self, pending: _Pending) -> None:
+        """Queue ``pending`` now, behind everything queued before (no await: order is kept)."""
+        self._queue.put_nowait(pending)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -132,7 +147,9 @@ class Batcher:
         delay = 0.1
         while True:
             try:
-                await self.record([p.event for p in batch])
+                events = [p.event for p in batch if p.event is not None]
+                if events:
+                    await self.record(events)
             except StoreUnavailable as exc:
                 self.health.degraded_reason = f"store unavailable: {exc}"
                 log.warning("store unavailable, retrying in %.1fs: %s", delay, exc)
@@ -146,7 +163,7 @@ class Batcher:
                         pending.done.set_exception(exc)
                 return
             self.health.degraded_reason = None
-            self.recorded += len(batch)
+            self.recorded += len(events)
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)
@@ -162,9 +179,35 @@ class Ingestor:
     quarantined: Callable[[str], None] | None = None
     rekey_unkeyed: bool = False
     """Re-publish events that came without ``x-jobtrail-job-id`` (needed with partitions)."""
+    _held: dict[int, list[_Pending]] = field(default_factory=dict)
 
-    async def accept(self, body: bytes, *, keyed: bool = True) -> None:
-        """Record, quarantine or re-key one message; returns when it may be acknowledged."""
+    def pause(self, partition: int) -> None:
+        """Hold ``partition``'s next events, in arrival order, until ``resume`` (no await)."""
+        self._held.setdefault(partition, [])
+
+    def resume(self, partition: int) -> None:
+        """Hand ``partition``'s held events to the batcher, in order, and stop holding."""
+        for pending in self._held.pop(partition, []):
+            self.batcher.hand(pending)
+
+    def abandon(self, partition: int) -> None:
+        """Stop holding ``partition`` and never record what it held here.
+
+        Those events came after a barrier that is not over: their messages stay unacknowledged
+        and the broker delivers them again, after the marker, when this consumer goes away.
+        """
+        self._held.pop(partition, None)
+
+    def paused(self, partition: int) -> bool:
+        return partition in self._held
+
+    async def accept(
+        self, body: bytes, *, keyed: bool = True, partition: int | None = None
+    ) -> None:
+        """Record, quarantine or re-key one message; returns when it may be acknowledged.
+
+        Events of a paused ``partition`` wait, in order, until it resumes.
+        """
         event, reason = rejection_reason(body)
         if event is None:
             assert reason is not None
@@ -178,4 +221,10 @@ class Ingestor:
             # with the header, so the job's owner records it.
             await self.publisher.rekey(body, f"job.{event.type}", event.job_id)
             return
-        await self.batcher.submit(event)
+        held = self._held.get(partition) if partition is not None else None
+        if held is None:
+            await self.batcher.submit(event)
+            return
+        pending = _Pending.of(event)
+        held.append(pending)
+        await pending.done

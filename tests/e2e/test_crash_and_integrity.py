@@ -74,13 +74,13 @@ def _publish_all(rabbit: str, events: list[JobEvent], duplicate_every: int = 10)
 
 
 def partitions_idle(rabbit: str) -> bool:
-    """Every partition queue empty with nothing unacknowledged (management API figures)."""
+    """Every partition queue and the unrouted queue empty, nothing unacknowledged (management API)."""
     vhost = rabbit.rsplit("/", 1)[1]
     with httpx.Client(base_url=servers.RABBIT_API, auth=servers.RABBIT_API_AUTH, timeout=10) as api:
         queues = [
             q
             for q in api.get(f"/queues/{vhost}").json()
-            if q["name"].startswith("jobtrail.tracker.")
+            if q["name"].startswith("jobtrail.tracker.") or q["name"] == "jobtrail.unrouted"
         ]
     return bool(queues) and all(
         q.get("messages", 1) == 0 and q.get("messages_unacknowledged", 1) == 0 for q in queues

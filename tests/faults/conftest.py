@@ -332,8 +332,12 @@ def queue_depths(rabbit_url: str) -> dict[str, tuple[int, int]]:
 
 
 def held(depths: dict[str, tuple[int, int]]) -> int:
-    """Messages in the partition queues, ready or delivered and not yet acknowledged."""
-    return sum(r + u for name, (r, u) in depths.items() if name.startswith("jobtrail.tracker."))
+    """Messages in the partition queues and in ``jobtrail.unrouted`` (ready or unacknowledged)."""
+    return sum(
+        r + u
+        for name, (r, u) in depths.items()
+        if name.startswith("jobtrail.tracker.") or name == "jobtrail.unrouted"
+    )
 
 
 def partitions_idle(depths: dict[str, tuple[int, int]]) -> bool:

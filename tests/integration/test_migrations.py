@@ -34,9 +34,11 @@ TABLES = {
     "checkpoints",
     "jobtrail_events",
     "jobtrail_anchors",
+    "ring_barriers",
+    "ring_arrivals",
 }
 JOB_INDEXES = {f"ix_jobs_{c}_page" for c in LIST_FILTERS} | {"ix_jobs_page"}
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
