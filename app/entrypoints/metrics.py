@@ -158,6 +158,16 @@ class Metrics:
         tracking.tracker.on_recorded = self._recorded_batch
         tracking.tracker.on_timer_lag = self.timer_lag
         tracking.ingestor.quarantined = self.quarantined
+        Gauge(
+            "jobtrail_outbox_parked",
+            "Outbox messages the broker refused while taking others; retried with backoff.",
+            registry=self.registry,
+        ).set_function(lambda: tracking.relay.parked)
+        Gauge(
+            "jobtrail_ring_barriers_led",
+            "Partition-ring barriers this tracker led to the end (one after each broker start).",
+            registry=self.registry,
+        ).set_function(lambda: tracking.ring.barriers)
 
     def _recorded_batch(self, events: Sequence[JobEvent], now: datetime) -> None:
         self.recorded(events)

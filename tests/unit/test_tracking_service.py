@@ -14,13 +14,14 @@ from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_store import InMemoryProjectionStore
 from app.domain.events import Failed, JobEvent, Reserved, Submitted
 from app.domain.policy import Policy
-from app.ports import LogUnavailable, OutboxMessage, PublishFailed
+from app.ports import LogUnavailable, OutboxMessage, ProjectionUpdate, PublishFailed
 from app.services.broker_signals import broker_dead_letter
 from app.services.ingest import Batcher, Health, Ingestor, rejection_reason
 from app.services.projection import job_row
 from app.services.relay import OutboxRelay
 from app.services.replay import replay_decisions
 from app.services.tracking import Tracker, fold_history
+from tests.contract.test_projection_store import job as contract_job
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 POLICY = Policy.from_toml(
@@ -277,3 +278,72 @@ def test_broker_dead_letter_signals_map_reasons_and_are_idempotent() -> None:
     assert broker_dead_letter(b"nope", headers, T0)[1].startswith("invalid_job_message")  # type: ignore[union-attr]
     bad_id = json.dumps({"job_id": "a/b", "attempt": 1}).encode()
     assert broker_dead_letter(bad_id, headers, T0)[0] is None
+
+
+class RefusingPublisher(FakePublisher):
+    """A broker that refuses messages to some routing keys and takes the rest."""
+
+    def __init__(self, refused: set[str]) -> None:
+        super().__init__()
+        self.refused = refused
+        self.attempts: list[str] = []
+
+    async def publish(self, message: OutboxMessage) -> None:
+        self.attempts.append(message.event_id)
+        if message.routing_key in self.refused:
+            raise PublishFailed(f"ACCESS_REFUSED {message.routing_key}")
+        await super().publish(message)
+
+
+def outbox_row(n: int, job: str, routing_key: str) -> OutboxMessage:
+    return OutboxMessage(
+        event_id=f"e{n}",
+        job_id=job,
+        exchange="",
+        routing_key=routing_key,
+        body=b"{}",
+        created_at=T0 + timedelta(seconds=n),
+    )
+
+
+async def _seed_outbox(store: InMemoryProjectionStore, rows: list[OutboxMessage]) -> None:
+    seqs: dict[str, int] = {}
+    for row in rows:
+        seqs[row.job_id] = seqs.get(row.job_id, 0) + 1
+        job = contract_job(row.job_id, last_seq=seqs[row.job_id])
+        await store.apply([ProjectionUpdate(job=job, outbox=[row])])
+
+
+async def test_a_refused_outbox_row_holds_back_only_its_own_job() -> None:
+    store = InMemoryProjectionStore()
+    rows = [
+        outbox_row(1, "bad", "amq.refused"),
+        outbox_row(2, "bad", "q"),  # the same job's next message waits behind it
+        outbox_row(3, "a", "q"),
+        outbox_row(4, "b", "q"),
+    ]
+    await _seed_outbox(store, rows)
+    publisher = RefusingPublisher({"amq.refused"})
+    relay = OutboxRelay(store, publisher, FakeClock(), park_initial=0.05)
+    assert await relay.drain_once() == 2
+    assert [m.event_id for m in publisher.published] == ["e3", "e4"]
+    assert relay.parked == 1
+    assert [m.event_id for m in await store.pending_outbox(10)] == ["e1", "e2"]
+    assert await relay.drain_once() == 0, "parked: not tried again before its delay"
+    assert publisher.attempts.count("e1") == 1
+    await asyncio.sleep(0.15)
+    publisher.refused.clear()  # the operator fixed the broker's permissions
+    assert await relay.drain_once() == 2
+    assert [m.event_id for m in publisher.published] == ["e3", "e4", "e1", "e2"]
+    assert relay.parked == 0 and await store.pending_outbox(10) == []
+
+
+async def test_failures_one_after_another_mean_the_broker_is_down() -> None:
+    store = InMemoryProjectionStore()
+    await _seed_outbox(store, [outbox_row(n, f"j{n}", "q") for n in range(1, 6)])
+    publisher = RefusingPublisher({"q"})
+    relay = OutboxRelay(store, publisher, FakeClock(), max_failures=3)
+    with pytest.raises(PublishFailed):
+        await relay.drain_once()
+    assert publisher.attempts == ["e1", "e2", "e3"], "the pass ends after 3 failures in a row"
+    assert relay.parked == 0, "nothing is parked for a broker-wide failure"
