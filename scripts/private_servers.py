@@ -179,6 +179,8 @@ class PrivateSecantus(_Server):
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.auth = False
+        """Start with ``--auth``: users, roles and privileges enforced (create them before)."""
 
     def url(self, database: str) -> str:
         return f"mongodb://127.0.0.1:{self.port}/{database}?directConnection=true&retryWrites=false"
@@ -195,7 +197,8 @@ class PrivateSecantus(_Server):
         with (self.storage.parent / f"secantusd-{self.starts}.log").open("wb") as out:
             self.proc = subprocess.Popen(  # noqa: S603 - a fixed argv, no shell
                 [str(SECANTUSD), "--host", "127.0.0.1", "--port", str(self.port),
-                 "--storage-path", str(self.storage), "--sync-on-commit"],
+                 "--storage-path", str(self.storage), "--sync-on-commit",
+                 *(["--auth"] if self.auth else [])],
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_until(self._ping, f"SecantusDB on port {self.port} did not answer")
