@@ -166,6 +166,22 @@ class SqlRebuildTables:
                 found_timers = await _in_range(conn, timer_table, _TIMER_FIELDS, after, last, None)
         return _bundle(rows, found_attempts, found_timers), last
 
+    async def same_rows(self) -> bool:
+        """``EXCEPT`` both ways on every table, over the row dataclasses' columns only."""
+        compared = zip(self._pairs, (_JOB_FIELDS, _ATTEMPT_FIELDS, _TIMER_FIELDS), strict=True)
+        with _driver_errors("comparing the fresh tables with the live ones"):
+            async with self._engine.connect() as conn:
+                for pair, names in compared:
+                    columns = ", ".join(names)  # the dataclasses' field names: fixed identifiers
+                    for one, other in ((pair.live, pair.fresh), (pair.fresh, pair.live)):
+                        query = text(
+                            f"SELECT EXISTS (SELECT {columns} FROM {one.name} "  # noqa: S608
+                            f"EXCEPT SELECT {columns} FROM {other.name})"
+                        )
+                        if await conn.scalar(query):
+                            return False
+        return True
+
     async def swap(self) -> None:
         """Make the fresh tables live in one transaction; the old ones become ``*__previous``."""
         with _driver_errors("swapping the tables"):

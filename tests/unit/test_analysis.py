@@ -233,6 +233,9 @@ class MemoryTarget:
         for job_id in sorted(rows):
             yield rows[job_id]
 
+    async def same_rows(self) -> bool:
+        return self.live == self.fresh
+
     async def swap(self) -> None:
         assert self.fresh is not None
         self.previous, self.live, self.fresh = self.live, self.fresh, None
