@@ -79,6 +79,52 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+async def pad_jobs(settings: Settings, total: int) -> None:
+    """Add synthetic job rows until the projection holds ``total`` jobs (then ANALYZE)."""
+    from sqlalchemy import func, insert, select, text
+
+    from app.adapters.sql_models import jobs
+    from app.adapters.sql_schema import make_engine
+
+    engine = make_engine(settings.sql_url)
+    try:
+        async with engine.connect() as conn:
+            have = int(await conn.scalar(select(func.count()).select_from(jobs)) or 0)
+        now = datetime.now(UTC)
+        statuses = ("completed", "failed", "queued", "reserved", "dead_lettered", "cancelled")
+        for start in range(have, total, PAD_CHUNK):
+            rows = [
+                {
+                    "job_id": f"pad-{n:09d}",
+                    "status": statuses[n % len(statuses)],
+                    "attempt": 1 + n % 3,
+                    "max_attempts": 3,
+                    "job_type": ("sync", "batch", "polling", "stream")[n % 4],
+                    "model": f"model-{n % 20}",
+                    "priority": ("urgent", "bulk", "test")[n % 3],
+                    "tenant": f"tenant-{n % 100}",
+                    "pool": ("gpu-a", "gpu-b", "cpu")[n % 3],
+                    "queue": "jobtrail.work.gpu-a.batch",
+                    "node_id": f"n{n % 50}",
+                    "anomalies": 0,
+                    "last_seq": 3,
+                    "submitted_at": now - timedelta(seconds=n),
+                    "updated_at": now - timedelta(seconds=n),
+                }
+                for n in range(start, min(start + PAD_CHUNK, total))
+            ]
+            async with engine.begin() as conn:
+                await conn.execute(insert(jobs), rows)
+        if engine.dialect.name == "postgresql":
+            async with engine.begin() as conn:
+                await conn.execute(text("ANALYZE jobs"))
+    finally:
+        await engine.dispose()
+
+
+PAD_CHUNK = 5000
+
+
 async def read_latencies(settings: Settings, policy: Policy, requests: int) -> dict[str, float]:
     """p50/p99 (ms) of GET /jobs/{id} and of a filtered list page, over real HTTP on loopback."""
     store = SqlProjectionStore(settings.sql_url)
@@ -136,7 +182,11 @@ async def _timed(client: httpx.AsyncClient, path: str) -> float:
 async def timer_lag(
     settings: Settings, policy: Policy, jobs: int, lease: float = 3.0
 ) -> dict[str, float]:
-    """Seconds from each lease deadline to its recorded expiry, with ``jobs`` live jobs."""
+    """Seconds from each lease deadline to its recorded expiry, with ``jobs`` live jobs.
+
+    All but ``PROBES`` of them hold an hour-long lease (they stay live: the timers table is full);
+    the probes, recorded last, hold a ``lease``-second one, and their expiries are timed.
+    """
     from app.adapters.clock import SystemClock
     from app.services.ingest import Health
     from app.services.relay import TimerLoop
@@ -146,26 +196,11 @@ async def timer_lag(
     store = SqlProjectionStore(settings.sql_url)
     tracker = Tracker(log, store, policy, SystemClock())
     try:
-        now = datetime.now(UTC)
-        events: list[JobEvent] = []
-        for n in range(jobs):
-            job = f"lease-{uuid.uuid4().hex[:12]}"
-            env = {"job_id": job, "occurred_at": now, "source": "bench", "attempt": 1}
-            events.append(
-                Submitted(
-                    event_id=uuid.uuid4(),
-                    job_type="batch",
-                    model="m",
-                    priority="bulk",
-                    tenant="t",
-                    pool="gpu-a",
-                    queue="jobtrail.work.gpu-a.batch",
-                    **env,
-                )
-            )
-            events.append(
-                Reserved(event_id=uuid.uuid4(), node_id=f"n{n % 50}", lease_seconds=lease, **env)
-            )
+        probes = min(jobs, PROBES)
+        background = _reserved_jobs(jobs - probes, lease=3600.0)
+        for start in range(0, len(background), APPEND_CHUNK):
+            await tracker.record(background[start : start + APPEND_CHUNK])
+        events = _reserved_jobs(probes, lease=lease)
         for start in range(0, len(events), APPEND_CHUNK):
             await tracker.record(events[start : start + APPEND_CHUNK])
         loop = asyncio.create_task(TimerLoop(tracker, Health(), interval=0.1).run())
@@ -177,6 +212,31 @@ async def timer_lag(
     finally:
         await log.close()
         await store.close()
+
+
+def _reserved_jobs(count: int, lease: float) -> list[JobEvent]:
+    """``count`` jobs, each submitted then reserved with a ``lease``-second lease."""
+    now = datetime.now(UTC)
+    events: list[JobEvent] = []
+    for n in range(count):
+        job = f"lease-{uuid.uuid4().hex[:12]}"
+        env = {"job_id": job, "occurred_at": now, "source": "bench", "attempt": 1}
+        events.append(
+            Submitted(
+                event_id=uuid.uuid4(),
+                job_type="batch",
+                model="m",
+                priority="bulk",
+                tenant="t",
+                pool="gpu-a",
+                queue="jobtrail.work.gpu-a.batch",
+                **env,
+            )
+        )
+        events.append(
+            Reserved(event_id=uuid.uuid4(), node_id=f"n{n % 50}", lease_seconds=lease, **env)
+        )
+    return events
 
 
 async def _expiry_lags(log: EventLog, job_ids: list[str], deadline: datetime) -> list[float]:
@@ -194,6 +254,10 @@ async def _expiry_lags(log: EventLog, job_ids: list[str], deadline: datetime) ->
     if len(lags) < len(job_ids):
         raise TimeoutError(f"only {len(lags)} of {len(job_ids)} leases expired in time")
     return list(lags.values())
+
+
+PROBES = 2000
+"""Jobs of the timer scenario whose lease expiries are timed (the rest only fill the table)."""
 
 
 def rebuild_workload(events: int) -> list[JobEvent]:

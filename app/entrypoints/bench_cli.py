@@ -30,6 +30,14 @@ def bench(
     requests: Annotated[
         int, typer.Option(min=10, max=1_000_000, help="Requests per read-latency figure.")
     ] = 2_000,
+    read_jobs: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10_000_000,
+            help="Pad the projection to this many jobs before the read-latency figures.",
+        ),
+    ] = 0,
     smoke: Annotated[
         bool, typer.Option(help="A quick check that the benchmark works (300 events, 1 run).")
     ] = False,
@@ -64,6 +72,7 @@ def bench(
         rebuild_events=600 if smoke else rebuild_events,
         timer_jobs=50 if smoke else timer_jobs,
         requests=50 if smoke else requests,
+        read_jobs=0 if smoke else read_jobs,
     )
     console = Console(stderr=True)
     try:
