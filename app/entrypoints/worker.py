@@ -36,12 +36,21 @@ async def _incoming(message: Any) -> Incoming:
     handler would cost a worker-thread round trip per message (see NOTES-stack.md).
     """
     headers = message.headers or {}
-    barrier = headers.get(rabbit.BARRIER_HEADER)
-    return Incoming(
-        bytes(message.body),
-        rabbit.JOB_ID_HEADER in headers,
-        barrier if isinstance(barrier, str) and _EPOCH.fullmatch(barrier) else None,
-    )
+    body = bytes(message.body)
+    return Incoming(body, rabbit.JOB_ID_HEADER in headers, _marker(message, headers, body))
+
+
+def _marker(message: Any, headers: dict[str, Any], body: bytes) -> str | None:
+    """The epoch of a ring barrier's marker, or None: only Jobtrail's own markers count.
+
+    Those are empty and published straight to the partition queue (the default exchange); a
+    producer's message through jobtrail.events carrying the header is handled as any other.
+    """
+    epoch = headers.get(rabbit.BARRIER_HEADER)
+    if body or not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch):
+        return None
+    raw = getattr(message, "raw_message", None)
+    return epoch if getattr(raw, "exchange", None) == "" else None
 
 
 class DeadJob(NamedTuple):

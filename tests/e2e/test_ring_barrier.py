@@ -11,20 +11,25 @@ partition than its submission.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
 import aio_pika
 
 from app.adapters.rabbit import (
+    BARRIER_HEADER,
+    EVENTS_EXCHANGE,
     INTAKE_EXCHANGE,
     JOB_ID_HEADER,
+    QUARANTINE_QUEUE,
+    REASON_HEADER,
     RING_EXCHANGE,
     declare_topology,
     partition_queue,
 )
 from app.domain.events import JobEvent
-from tests.e2e.harness import Tracker, tracker_env, wait_for
+from tests.e2e.harness import Tracker, cli, get_messages, tracker_env, wait_for
 from tests.e2e.test_crash_and_integrity import _publish_all, _stream, settled_counts
 
 PARTITIONS = 4  # the tracker's default
@@ -56,6 +61,11 @@ async def _lose_the_ring(rabbit_url: str) -> None:
         await channel.exchange_delete(RING_EXCHANGE)
     finally:
         await connection.close()
+
+
+def _history(env: dict[str, str], job_id: str) -> list[dict[str, object]] | None:
+    code, out = cli(env, "history", job_id, "--json")
+    return json.loads(out) if code == 0 else None
 
 
 def _of_type(events: list[JobEvent], *types: str) -> list[JobEvent]:
@@ -94,3 +104,38 @@ def test_a_ring_rebuilt_in_another_order_keeps_every_jobs_order(
     }
     sent = len(reserved) + len(reserved[::10])  # _publish_all sends every 10th event twice
     assert int(opened.group(1)) >= sent, "every reservation was parked, then recorded"
+
+
+def test_a_producer_cannot_pass_its_message_off_as_a_marker(
+    mongo_url: str, pg_url: str, rabbit_url: str, tmp_path: Path
+) -> None:
+    """The barrier header on a producer's message (through jobtrail.events) is just a header."""
+    env = tracker_env(rabbit_url, mongo_url, pg_url, tmp_path)
+    tracker = Tracker(env, tmp_path)
+    [event] = _of_type(_stream(1), "submitted")
+    fake_epoch = "0" * 32
+
+    async def publish() -> None:
+        connection = await aio_pika.connect(rabbit_url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            events = await channel.get_exchange(EVENTS_EXCHANGE)
+            for body in (event.model_dump_json().encode(), b""):
+                headers = {JOB_ID_HEADER: event.job_id, BARRIER_HEADER: fake_epoch}
+                message = aio_pika.Message(body, headers=headers)
+                await events.publish(message, routing_key="job.submitted")
+        finally:
+            await connection.close()
+
+    try:
+        tracker.start()
+        asyncio.run(publish())
+        recorded = wait_for(lambda: _history(env, event.job_id), "the event to be recorded")
+        reasons = wait_for(
+            lambda: [m.headers.get(REASON_HEADER) for m in get_messages(rabbit_url, QUARANTINE_QUEUE)],
+            "the empty message to be quarantined",
+        )
+    finally:
+        tracker.stop()
+    assert [e["type"] for e in recorded] == ["submitted"]
+    assert len(reasons) == 1 and str(reasons[0]).startswith("invalid_json")
