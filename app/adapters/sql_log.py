@@ -26,11 +26,13 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.selectable import TextualSelect
 
 from app.adapters.memory_log import (
     DEFAULT_PAGE_SIZE,
@@ -243,8 +245,12 @@ class SqlEventLog:
         # Chunks keep the bound parameters under SQLite's and asyncpg's limits.
         for start in range(0, len(wanted), READ_JOBS_CHUNK):
             chunk = wanted[start : start + READ_JOBS_CHUNK]
-            query = select(*_RAW).where(_c.job_id.in_(chunk)).order_by(_c.job_id, _c.seq)
-            for row in await self._fetch(query, "read"):
+            if self._engine.dialect.name == "postgresql":
+                rows = await self._fetch(_per_job(_RAW), "read", {"ids": list(chunk)})
+            else:
+                query = select(*_RAW).where(_c.job_id.in_(chunk)).order_by(_c.job_id, _c.seq)
+                rows = await self._fetch(query, "read")
+            for row in rows:
                 found[row.job_id].append(decode_entry(_stored(row)))
         return found
 
@@ -299,13 +305,33 @@ class SqlEventLog:
         except (SQLAlchemyError, OSError) as exc:
             raise _unavailable("close", exc) from exc
 
-    async def _fetch(self, query: _AnySelect, action: str) -> Sequence[_AnyRow]:
+    async def _fetch(
+        self,
+        query: _AnySelect | TextualSelect,
+        action: str,
+        params: dict[str, Any] | None = None,
+    ) -> Sequence[_AnyRow]:
         """Run one read on a connection held only for the query, not across a caller's yields."""
         try:
             async with self._engine.connect() as conn:
-                return (await conn.execute(query)).all()
+                return (await conn.execute(query, params)).all()
         except (SQLAlchemyError, OSError) as exc:
             raise _unavailable(action, exc) from exc
+
+
+def _per_job(columns: Sequence[Any], *, last_only: bool = False) -> TextualSelect:
+    """PostgreSQL: each job's entries (or its last) through the (job_id, seq) index, one job at a
+    time. The ``IN`` form leaves the plan to the statistics, and on a table never analyzed (a
+    fresh log, autovacuum off) PostgreSQL reads the whole table for every batch."""
+    names = ", ".join(f"e.{column.name}" for column in columns)
+    order = "e.seq DESC LIMIT 1" if last_only else "e.seq"
+    sql = (  # column names from the table definition: no outside text
+        "SELECT t.* FROM unnest(CAST(:ids AS text[])) AS j(job_id) "  # noqa: S608
+        f"CROSS JOIN LATERAL (SELECT {names} FROM jobtrail_events AS e "
+        f'WHERE e.job_id = j.job_id COLLATE "C" ORDER BY {order}) AS t '
+        "ORDER BY t.job_id, t.seq"
+    )
+    return text(sql).columns(*columns)
 
 
 def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
@@ -323,6 +349,12 @@ async def _known_ids(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, tup
 async def _tips(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
     """The last (seq, hash) of each job that has entries."""
     tips: dict[str, tuple[int, str]] = {}
+    if conn.dialect.name == "postgresql":
+        for chunk in _chunks(job_ids):
+            latest = _per_job((_c.job_id, _c.seq, _c.hash), last_only=True)
+            rows = await conn.execute(latest, {"ids": list(chunk)})
+            tips |= {row.job_id: (row.seq, row.hash) for row in rows}
+        return tips
     for chunk in _chunks(job_ids):
         last = (
             select(_c.job_id, func.max(_c.seq).label("seq"))
