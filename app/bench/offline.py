@@ -200,10 +200,11 @@ async def timer_lag(
         background = _reserved_jobs(jobs - probes, lease=3600.0)
         for start in range(0, len(background), APPEND_CHUNK):
             await tracker.record(background[start : start + APPEND_CHUNK])
+        # The loop runs while the probes are recorded, as in a live tracker.
+        loop = asyncio.create_task(TimerLoop(tracker, Health(), interval=0.1).run())
         events = _reserved_jobs(probes, lease=lease)
         for start in range(0, len(events), APPEND_CHUNK):
             await tracker.record(events[start : start + APPEND_CHUNK])
-        loop = asyncio.create_task(TimerLoop(tracker, Health(), interval=0.1).run())
         deadline = datetime.now(UTC) + timedelta(seconds=lease + 60)
         lags = await _expiry_lags(log, [e.job_id for e in events[1::2]], deadline)
         loop.cancel()
