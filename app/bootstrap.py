@@ -11,6 +11,7 @@ from app.adapters.clock import SystemClock
 from app.adapters.log_factory import open_event_log
 from app.adapters.rabbit import RabbitPublisher
 from app.adapters.rabbit_ring import RabbitRing
+from app.adapters.sql_barriers import SqlBarrierStore
 from app.adapters.sql_schema import migrate
 from app.adapters.sql_store import SqlProjectionStore
 from app.domain.policy import Policy
@@ -109,6 +110,7 @@ class Tracking:
 
     async def stop(self) -> None:
         await self.ring.stop()
+        await self.ring.store.close()
         await self.batcher.stop()
         for task in self._tasks:
             task.cancel()
@@ -134,7 +136,7 @@ def build_tracking(settings: Settings) -> Tracking:
     )
     ingestor = Ingestor(batcher, publisher, rekey_unkeyed=settings.partitions > 1)
     ring = RingKeeper(
-        readers.store,
+        SqlBarrierStore(settings.sql_url),
         RabbitRing(settings.rabbit_url, partitions=settings.partitions),
         ingestor,
         batcher,

@@ -229,6 +229,12 @@ class ProjectionStore(Protocol):
 
     async def get_checkpoint(self, name: str) -> str | None: ...
 
+    async def close(self) -> None: ...
+
+
+class BarrierStore(Protocol):
+    """The state of the partition ring's barriers (see app/services/ring.py), shared by trackers."""
+
     async def begin_barrier(self, now: datetime) -> str:
         """The oldest ring barrier not yet opened, or a new one: its epoch (see services/ring)."""
         ...

@@ -64,8 +64,6 @@ class InMemoryProjectionStore:
         self._timers: dict[str, TimerRow] = {}
         self._claims: dict[str, datetime] = {}
         self._checkpoints: dict[str, str] = {}
-        self._barriers: dict[str, datetime | None] = {}
-        self._arrivals: dict[str, set[int]] = {}
 
     async def apply(
         self, updates: Sequence[ProjectionUpdate], checkpoints: Mapping[str, str] | None = None
@@ -150,6 +148,17 @@ class InMemoryProjectionStore:
     async def get_checkpoint(self, name: str) -> str | None:
         """The checkpoint's value, or None if it was never set."""
         return self._checkpoints.get(name)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class InMemoryBarrierStore:
+    """BarrierStore in dictionaries (one process: tests and the pure core)."""
+
+    def __init__(self) -> None:
+        self._barriers: dict[str, datetime | None] = {}
+        self._arrivals: dict[str, set[int]] = {}
 
     async def begin_barrier(self, now: datetime) -> str:
         for epoch, opened in self._barriers.items():  # oldest first: dicts keep insertion order

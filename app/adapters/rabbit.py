@@ -59,6 +59,20 @@ BROKER_ERRORS = (
 )
 
 
+async def publish_to_queue(
+    channel: aio_pika.abc.AbstractChannel,
+    message: aio_pika.Message,
+    queue: str,
+    confirm_within: float,
+) -> None:
+    """Publish straight to ``queue`` (the default exchange), mandatory and confirmed."""
+    confirmation = await channel.default_exchange.publish(
+        message, routing_key=queue, mandatory=True, timeout=confirm_within
+    )
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise PublishFailed(f"broker did not confirm the publish to {queue}: {confirmation!r}")
+
+
 def partition_queue(index: int) -> str:
     """The name of partition queue ``index`` (``jobtrail.tracker.<index>``)."""
     return f"jobtrail.tracker.{index}"
@@ -171,13 +185,7 @@ class RabbitPublisher:
             priority=priority,
             message_id=message_id,
         )
-        confirmation = await channel.default_exchange.publish(
-            message, routing_key=routing_key, mandatory=True, timeout=self._timeout
-        )
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise PublishFailed(
-                f"broker did not confirm the publish to {routing_key}: {confirmation!r}"
-            )
+        await publish_to_queue(channel, message, routing_key, self._timeout)
 
     async def _ensure_queue(self, queue: str) -> None:
         if queue in self._declared:

@@ -25,6 +25,7 @@ from app.adapters.rabbit import (
     UNROUTED_QUEUE,
     declare_ring,
     partition_queue,
+    publish_to_queue,
 )
 from app.ports import PublishFailed, Unrouted
 
@@ -155,13 +156,8 @@ class RabbitRing:
         return inbox
 
     async def _publish(self, message: aio_pika.Message, queue: str) -> None:
-        channel = self._leader_channel()
         message.delivery_mode = aio_pika.DeliveryMode.PERSISTENT
-        confirmation = await channel.default_exchange.publish(
-            message, routing_key=queue, mandatory=True, timeout=self._timeout
-        )
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise PublishFailed(f"publish to {queue} not confirmed: {confirmation!r}")
+        await publish_to_queue(self._leader_channel(), message, queue, self._timeout)
 
     def _leader_channel(self) -> AbstractChannel:
         if self._channel is None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from app.ports import Clock, ProjectionStore, PublishFailed, RingBroker, StoreUnavailable
+from app.ports import BarrierStore, Clock, PublishFailed, RingBroker, StoreUnavailable
 from app.services.ingest import Batcher, Ingestor
 
 log = logging.getLogger("jobtrail.ring")
@@ -47,7 +47,7 @@ T = TypeVar("T")
 class RingKeeper:
     """Keeps the partition ring built and runs its barrier (see the module docstring)."""
 
-    store: ProjectionStore
+    store: BarrierStore
     broker: RingBroker
     ingestor: Ingestor
     batcher: Batcher

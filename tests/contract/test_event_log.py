@@ -173,7 +173,9 @@ class EventLogContract:
         assert got == sorted(got) and len(got) == 12 > PAGE_SIZE
         window = [
             (e.job_id, e.seq)
-            async for e in log.scan_range(T0_MS + timedelta(seconds=1), T0_MS + timedelta(seconds=3))
+            async for e in log.scan_range(
+                T0_MS + timedelta(seconds=1), T0_MS + timedelta(seconds=3)
+            )
         ]
         assert window == [(job, seq) for seq in (2, 3) for job in sorted(jobs)]
         late = [e async for e in log.scan_range(T0_MS + timedelta(seconds=3), None)]

@@ -259,32 +259,6 @@ class ProjectionStoreContract:
         assert await store.get_checkpoint("partition-1") == "3"
         assert await store.get_job("job-1") is not None
 
-    async def test_a_ring_barrier_is_begun_reached_and_opened(self, store: Store) -> None:
-        epoch = await store.begin_barrier(T0)
-        assert len(epoch) == 32 and int(epoch, 16) >= 0
-        assert await store.begin_barrier(T0) == epoch, "the unopened one, not a new one"
-        assert not await store.barrier_opened(epoch)
-        assert await store.barrier_arrivals(epoch) == set()
-        await store.barrier_arrive(epoch, 2, T0)
-        await store.barrier_arrive(epoch, 0, T0)
-        await store.barrier_arrive(epoch, 2, T0)  # again: a marker delivered twice
-        assert await store.barrier_arrivals(epoch) == {0, 2}
-        await store.open_barrier(epoch, T0)
-        await store.open_barrier(epoch, T0)
-        assert await store.barrier_opened(epoch)
-        later = await store.begin_barrier(T0 + timedelta(hours=1))
-        assert later != epoch and not await store.barrier_opened(later)
-        assert await store.barrier_arrivals(later) == set()
-
-    async def test_an_unknown_barrier_counts_as_opened(self, store: Store) -> None:
-        assert await store.barrier_opened("f" * 32)
-
-    async def test_the_oldest_unopened_barrier_comes_first(self, store: Store) -> None:
-        first = await store.begin_barrier(T0)
-        await store.open_barrier(first, T0)
-        second = await store.begin_barrier(T0 + timedelta(seconds=1))
-        assert await store.begin_barrier(T0 + timedelta(seconds=2)) == second
-
     async def test_many_updates_in_one_apply(self, store: Store) -> None:
         updates = [full_update(f"job-{i:04d}", last_seq=i + 1) for i in range(500)]
         await store.apply(updates, {"bulk": "500"})

@@ -141,7 +141,9 @@ async def test_unrouted_events_come_in_order_and_stay_until_acknowledged(rig: Ri
         await rig.send(body, n % 2 == 0)
     async with rig.broker.leadership():
         first = await _take(rig.broker, 40)
-        assert [(m.body, m.keyed) for m in first] == [(b, n % 2 == 0) for n, b in enumerate(bodies[:40])]
+        assert [(m.body, m.keyed) for m in first] == [
+            (b, n % 2 == 0) for n, b in enumerate(bodies[:40])
+        ]
         await rig.broker.ack_unrouted(first)
         rest = await _take(rig.broker, 260)
         assert [m.body for m in rest] == bodies[40:]

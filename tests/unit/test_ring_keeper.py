@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
-from app.adapters.memory_store import InMemoryProjectionStore
+from app.adapters.memory_store import InMemoryBarrierStore
 from app.domain.events import JobEvent, Reserved
 from app.ports import PublishFailed
 from app.services.ingest import Batcher, Health, Ingestor
@@ -56,7 +56,7 @@ class Rig:
         self.batcher = Batcher(self.recorder, Health(), max_wait=0.001)
         self.publisher = Publisher()
         self.ingestor = Ingestor(self.batcher, self.publisher)
-        self.store = InMemoryProjectionStore()
+        self.store = InMemoryBarrierStore()
         self.broker = MemoryRingBroker(partitions)
         self.keeper = RingKeeper(
             self.store, self.broker, self.ingestor, self.batcher, FakeClock(), partitions,
