@@ -258,6 +258,42 @@ class BarrierStore(Protocol):
     async def close(self) -> None: ...
 
 
+class Membership(Protocol):
+    """Which trackers of a deployment are alive, by heartbeat on a store they all share.
+
+    Time is the store's own clock, so trackers on machines with skewed clocks agree.
+    """
+
+    async def beat(self, member: str, ttl: float) -> list[str]:
+        """Record ``member`` alive for ``ttl`` more seconds; the live members, sorted."""
+        ...
+
+    async def leave(self, member: str) -> None:
+        """Forget ``member`` now (a clean stop: its partitions move without waiting)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class PartitionConsumers(Protocol):
+    """Starts and stops consuming partition queues (one broker connection each)."""
+
+    async def consume(self, partition: int) -> None:
+        """Subscribe to ``partition``: active at once, or when its current consumer goes."""
+        ...
+
+    async def release(self, partition: int) -> None:
+        """Stop consuming ``partition``, handing its unacknowledged deliveries back in order.
+
+        The caller first made sure nothing before them is left unrecorded.
+        """
+        ...
+
+    def consuming(self) -> set[int]:
+        """The partitions subscribed to now."""
+        ...
+
+
 class Publisher(Protocol):
     """Publishes to RabbitMQ with publisher confirms; raises PublishFailed when unconfirmed."""
 

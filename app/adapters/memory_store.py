@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -180,6 +181,26 @@ class InMemoryBarrierStore:
     async def open_barrier(self, epoch: str, now: datetime) -> None:
         if self._barriers.get(epoch) is None:
             self._barriers[epoch] = now
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class InMemoryMembership:
+    """Membership in a dictionary, on a clock of seconds (monotonic by default)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._expires: dict[str, float] = {}
+
+    async def beat(self, member: str, ttl: float) -> list[str]:
+        now = self._clock()
+        self._expires[member] = now + ttl
+        self._expires = {m: t for m, t in self._expires.items() if t >= now}
+        return sorted(self._expires)
+
+    async def leave(self, member: str) -> None:
+        self._expires.pop(member, None)
 
     async def close(self) -> None:
         """Nothing to release."""

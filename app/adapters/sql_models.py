@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -184,4 +185,13 @@ ring_arrivals = Table(
     Column("epoch", String(64), primary_key=True),
     Column("partition", Integer, primary_key=True, autoincrement=False),
     _at("arrived_at", nullable=False),
+)
+
+# Tracker membership (app/services/partitions.py): heartbeats, in the database's own clock
+# (seconds since the epoch), from which every tracker computes the same partition shares.
+trackers = Table(
+    "trackers",
+    projection_metadata,
+    Column("member", String(200), primary_key=True),
+    Column("expires", Float, nullable=False),
 )

@@ -36,9 +36,10 @@ TABLES = {
     "jobtrail_anchors",
     "ring_barriers",
     "ring_arrivals",
+    "trackers",
 }
 JOB_INDEXES = {f"ix_jobs_{c}_page" for c in LIST_FILTERS} | {"ix_jobs_page"}
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
