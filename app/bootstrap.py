@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -12,11 +15,13 @@ from app.adapters.log_factory import open_event_log
 from app.adapters.rabbit import RabbitPublisher
 from app.adapters.rabbit_ring import RabbitRing
 from app.adapters.sql_barriers import SqlBarrierStore
+from app.adapters.sql_members import SqlMembership
 from app.adapters.sql_schema import migrate
 from app.adapters.sql_store import SqlProjectionStore
 from app.domain.policy import Policy
-from app.ports import Clock, EventLog, ProjectionStore
+from app.ports import Clock, EventLog, Membership, ProjectionStore
 from app.services.ingest import Batcher, Health, Ingestor
+from app.services.partitions import PartitionCoordinator
 from app.services.relay import OutboxRelay, TimerLoop
 from app.services.ring import RingKeeper
 from app.services.tracking import Tracker
@@ -95,6 +100,11 @@ class Tracking:
     relay: OutboxRelay
     timers: TimerLoop
     ring: RingKeeper
+    membership: Membership
+    member: str
+    """This tracker's name among the trackers sharing the partitions (host, pid, random)."""
+    coordinator: PartitionCoordinator | None = None
+    """Set by the FastStream app (app/entrypoints/worker.py), which consumes the partitions."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -111,6 +121,7 @@ class Tracking:
     async def stop(self) -> None:
         await self.ring.stop()
         await self.ring.store.close()
+        await self.membership.close()
         await self.batcher.stop()
         for task in self._tasks:
             task.cancel()
@@ -155,4 +166,6 @@ def build_tracking(settings: Settings) -> Tracking:
         relay=relay,
         timers=TimerLoop(tracker, health, interval=settings.timer_interval_ms / 1000),
         ring=ring,
+        membership=SqlMembership(settings.sql_url),
+        member=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
     )

@@ -141,3 +141,20 @@ def rabbit_vhost() -> Iterator[str]:
             yield RABBIT_URL.rstrip("/") + "/" + quote(vhost, safe="")
         finally:
             api.delete(f"/vhosts/{vhost}")
+
+
+def active_consumers(amqp_url: str) -> dict[str, list[str]]:
+    """Per queue of ``amqp_url``'s virtual host, the names its consuming connections gave
+    themselves, active consumers only (management API; it lists consumers after a short delay)."""
+    vhost = amqp_url.rsplit("/", 1)[1]
+    with httpx.Client(base_url=RABBIT_API, auth=RABBIT_API_AUTH, timeout=10) as api:
+        names = {
+            c["name"]: c.get("user_provided_name") or c["name"]
+            for c in api.get(f"/vhosts/{vhost}/connections").json()
+        }
+        found: dict[str, list[str]] = {}
+        for consumer in api.get(f"/consumers/{vhost}").json():
+            if consumer.get("active", True):
+                peer = consumer["channel_details"]["connection_name"]
+                found.setdefault(consumer["queue"]["name"], []).append(names.get(peer, peer))
+    return found

@@ -131,11 +131,15 @@ async def event_contract() -> dict[str, Any]:
             from faststream.rabbit import RabbitBroker
             from faststream.specification import AsyncAPI
 
-            from app.entrypoints.worker import create_app  # FastStream loads on first use
+            from app.entrypoints.worker import create_app, subscribe_partition  # loads FastStream
 
             stream = create_app(tracking)
             broker = stream.broker
             assert isinstance(broker, RabbitBroker)
+            # A running tracker consumes its partitions on brokers of their own; the document
+            # shows them all as one service's channels.
+            for index in range(tracking.settings.partitions):
+                subscribe_partition(broker, tracking, index)
             _document_producers(broker)
             spec = AsyncAPI(broker, title=TITLE, version=VERSION, description=DESCRIPTION)
             _cache["document"] = spec.to_specification().to_jsonable()

@@ -168,6 +168,21 @@ class Metrics:
             "Partition-ring barriers this tracker led to the end (one after each broker start).",
             registry=self.registry,
         ).set_function(lambda: tracking.ring.barriers)
+        Gauge(
+            "jobtrail_partitions_consumed",
+            "Partition queues this tracker consumes now (its share among the live trackers).",
+            registry=self.registry,
+        ).set_function(lambda: len(c.owned()) if (c := tracking.coordinator) else 0)
+        Gauge(
+            "jobtrail_trackers_live",
+            "Trackers sharing the partitions, as this one last saw them (heartbeats).",
+            registry=self.registry,
+        ).set_function(lambda: len(c.live) if (c := tracking.coordinator) else 0)
+        Gauge(
+            "jobtrail_partitions_handed_over",
+            "Partitions this tracker handed to another tracker since it started.",
+            registry=self.registry,
+        ).set_function(lambda: c.moves if (c := tracking.coordinator) else 0)
 
     def _recorded_batch(self, events: Sequence[JobEvent], now: datetime) -> None:
         self.recorded(events)

@@ -10,8 +10,10 @@ from faststream import AckPolicy, FastStream
 from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 
 from app.adapters import rabbit
+from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from app.bootstrap import Tracking
 from app.services.broker_signals import broker_dead_letter
+from app.services.partitions import PartitionCoordinator
 
 log = logging.getLogger("jobtrail.worker")
 
@@ -22,11 +24,13 @@ class Incoming(NamedTuple):
     """A message as delivered: its body, undecoded, and whether it named its job in a header.
 
     ``barrier`` is the epoch of a ring barrier's marker (app/services/ring.py), else None.
+    ``raw`` is aio-pika's message: the handler acknowledges it itself.
     """
 
     body: bytes
     keyed: bool
-    barrier: str | None = None
+    barrier: str | None
+    raw: Any
 
 
 async def _incoming(message: Any) -> Incoming:
@@ -37,10 +41,11 @@ async def _incoming(message: Any) -> Incoming:
     """
     headers = message.headers or {}
     body = bytes(message.body)
-    return Incoming(body, rabbit.JOB_ID_HEADER in headers, _marker(message, headers, body))
+    raw = message.raw_message
+    return Incoming(body, rabbit.JOB_ID_HEADER in headers, _marker(raw, headers, body), raw)
 
 
-def _marker(message: Any, headers: dict[str, Any], body: bytes) -> str | None:
+def _marker(raw: Any, headers: dict[str, Any], body: bytes) -> str | None:
     """The epoch of a ring barrier's marker, or None: only Jobtrail's own markers count.
 
     Those are empty and published straight to the partition queue (the default exchange); a
@@ -49,7 +54,6 @@ def _marker(message: Any, headers: dict[str, Any], body: bytes) -> str | None:
     epoch = headers.get(rabbit.BARRIER_HEADER)
     if body or not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch):
         return None
-    raw = getattr(message, "raw_message", None)
     return epoch if getattr(raw, "exchange", None) == "" else None
 
 
@@ -68,8 +72,9 @@ def create_app(tracking: Tracking) -> FastStream:
     """A FastStream app whose subscribers feed ``tracking`` (started separately).
 
     The topology is declared by the publisher when ``tracking`` starts; the subscribers only
-    consume: one per partition queue (single active consumer, so one tracker owns a job) and
-    one for the broker dead-letter queue.
+    consume. The app's broker consumes the broker dead-letter queue; once it has started, the
+    partition coordinator subscribes to this tracker's share of the partition queues, each on
+    its own connection (app/services/partitions.py).
     """
     settings = tracking.settings
     # No per-message dependency injection: the handlers take the decoder's output as it is, and
@@ -77,8 +82,6 @@ def create_app(tracking: Tracking) -> FastStream:
     broker = RabbitBroker(
         settings.rabbit_url, logger=log, log_level=logging.DEBUG, apply_types=False
     )
-    for index in range(settings.partitions):
-        _subscribe_partition(broker, tracking, index)
     broker_dead = RabbitQueue(  # type: ignore[call-overload]
         rabbit.BROKER_DEAD_QUEUE,
         queue_type=QueueType.QUORUM,
@@ -102,21 +105,47 @@ def create_app(tracking: Tracking) -> FastStream:
             return
         await tracking.batcher.submit(event)
 
-    return FastStream(broker, logger=log)
+    coordinator = tracking.coordinator = partition_coordinator(tracking)
+    return FastStream(
+        broker, logger=log, after_startup=[coordinator.start], on_shutdown=[coordinator.stop]
+    )
 
 
-def _subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -> None:
+def partition_coordinator(tracking: Tracking) -> PartitionCoordinator:
+    """The coordinator of this tracker's share of the partitions, on real RabbitMQ."""
+    settings = tracking.settings
+    consumers = RabbitPartitionConsumers(
+        settings.rabbit_url,
+        lambda broker, index: subscribe_partition(broker, tracking, index),
+        name=f"jobtrail {tracking.member}",
+    )
+    return PartitionCoordinator(
+        tracking.membership,
+        consumers,
+        tracking.ingestor,
+        settings.partitions,
+        tracking.member,
+        ttl=settings.member_ttl_s,
+        beat_every=settings.member_ttl_s / 5,
+    )
+
+
+def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -> None:
+    """Register partition ``index``'s subscriber on ``broker``."""
     queue = RabbitQueue(  # type: ignore[call-overload]
         rabbit.partition_queue(index),
         queue_type=QueueType.QUORUM,
         durable=True,
         arguments=rabbit.TRACKER_QUEUE_ARGS,
     )
+    ingestor = tracking.ingestor
 
     @broker.subscriber(
         queue,
         channel=Channel(prefetch_count=tracking.settings.prefetch),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        # Acknowledged here, inside ``delivery``: a partition is handed over only once every
+        # delivery recorded here is acknowledged (app/services/partitions.py).
+        ack_policy=AckPolicy.MANUAL,
         decoder=_incoming,
         title=rabbit.partition_queue(index),
         description=(
@@ -126,6 +155,14 @@ def _subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -
     )
     async def on_event(message: Any) -> None:  # an Incoming (no validation: apply_types=False)
         if message.barrier is not None:
+            # Not a delivery the hand-over waits for: it waits for the whole ring.
             await tracking.ring.arrive(index, message.barrier)
+            await message.raw.ack()
             return
-        await tracking.ingestor.accept(message.body, keyed=message.keyed, partition=index)
+        async with ingestor.delivery(index):
+            try:
+                await ingestor.accept(message.body, keyed=message.keyed, partition=index)
+            except Exception:
+                await message.raw.nack(requeue=True)
+                raise
+            await message.raw.ack()

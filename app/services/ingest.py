@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -180,6 +181,28 @@ class Ingestor:
     rekey_unkeyed: bool = False
     """Re-publish events that came without ``x-jobtrail-job-id`` (needed with partitions)."""
     _held: dict[int, list[_Pending]] = field(default_factory=dict)
+    _in_flight: dict[int, int] = field(default_factory=dict)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @asynccontextmanager
+    async def delivery(self, partition: int) -> AsyncIterator[None]:
+        """Wrap the handling of one delivery of ``partition``, up to and including its ack."""
+        self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
+        try:
+            yield
+        finally:
+            self._in_flight[partition] -= 1
+            self._changed.set()
+
+    async def settled(self, partition: int) -> None:
+        """Wait until every delivery of ``partition`` in flight is done, except the held ones.
+
+        With the partition paused, what is left unacknowledged after this is exactly what it
+        holds: safe to hand back to the broker.
+        """
+        while self._in_flight.get(partition, 0) > len(self._held.get(partition, ())):
+            self._changed.clear()
+            await self._changed.wait()
 
     def pause(self, partition: int) -> None:
         """Hold ``partition``'s next events, in arrival order, until ``resume`` (no await)."""
@@ -193,10 +216,12 @@ class Ingestor:
     def abandon(self, partition: int) -> None:
         """Stop holding ``partition`` and never record what it held here.
 
-        Those events came after a barrier that is not over: their messages stay unacknowledged
-        and the broker delivers them again, after the marker, when this consumer goes away.
+        Their messages stay unacknowledged and the broker delivers them again, in order, once
+        this consumer is gone (call it after that): their handlers are cancelled.
         """
-        self._held.pop(partition, None)
+        for pending in self._held.pop(partition, []):
+            pending.done.cancel()
+        self._changed.set()
 
     def paused(self, partition: int) -> bool:
         return partition in self._held

@@ -132,7 +132,9 @@ def test_a_producer_cannot_pass_its_message_off_as_a_marker(
         asyncio.run(publish())
         recorded = wait_for(lambda: _history(env, event.job_id), "the event to be recorded")
         reasons = wait_for(
-            lambda: [m.headers.get(REASON_HEADER) for m in get_messages(rabbit_url, QUARANTINE_QUEUE)],
+            lambda: [
+                m.headers.get(REASON_HEADER) for m in get_messages(rabbit_url, QUARANTINE_QUEUE)
+            ],
             "the empty message to be quarantined",
         )
     finally:

@@ -1,0 +1,79 @@
+"""PartitionConsumers on RabbitMQ: one FastStream broker, so one connection, per partition.
+
+A partition is released by closing its connection, never by cancelling its consumer: RabbitMQ
+3.10 activates the next single-active consumer as soon as the first one cancels, while the first
+still holds deliveries that it would only hand back later, behind newer ones. Closing the
+connection hands every unacknowledged delivery back to the queue in order and activates the
+next consumer in one step (what a crash does; docs/architecture.md).
+
+Each subscription gets a fresh broker: FastStream caches channels and queue objects per broker,
+and a closed connection's would otherwise be reused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from faststream.rabbit import RabbitBroker
+from yarl import URL
+
+from app.adapters.rabbit import BROKER_ERRORS
+
+log = logging.getLogger("jobtrail.partitions")
+
+Subscribe = Callable[[RabbitBroker, int], None]
+"""Registers partition ``index``'s subscriber on a new broker (app/entrypoints/worker.py)."""
+
+
+class RabbitPartitionConsumers:
+    """Consumes the partitions it was asked to, each on its own connection."""
+
+    def __init__(self, url: str, subscribe: Subscribe, *, name: str = "jobtrail") -> None:
+        self._url = url
+        self._subscribe = subscribe
+        self._name = name
+        self._brokers: dict[int, RabbitBroker] = {}
+
+    def consuming(self) -> set[int]:
+        return set(self._brokers)
+
+    async def consume(self, partition: int) -> None:
+        """Subscribe to ``partition`` (a no-op if already subscribed)."""
+        if partition in self._brokers:
+            return
+        # The connection's name (aiormq's ``name`` query parameter) is shown by the management
+        # UI and ``rabbitmqctl list_connections``: who consumes which partition.
+        url = URL(self._url).update_query(name=f"{self._name} partition {partition}")
+        broker = RabbitBroker(str(url), logger=log, log_level=logging.DEBUG, apply_types=False)
+        self._subscribe(broker, partition)
+        try:
+            await broker.start()
+        except BaseException:
+            await _close(broker)
+            raise
+        self._brokers[partition] = broker
+
+    async def release(self, partition: int) -> None:
+        """Close ``partition``'s connection: its unacknowledged deliveries go back in order."""
+        broker = self._brokers.pop(partition, None)
+        if broker is not None:
+            await _close(broker)
+
+    async def close(self) -> None:
+        for partition in sorted(self._brokers):
+            await self.release(partition)
+
+
+async def _close(broker: RabbitBroker) -> None:
+    # The connection first: FastStream's stop() would cancel the consumer before closing it.
+    connection = getattr(broker, "_connection", None)
+    if connection is not None:
+        try:
+            await connection.close()
+        except BROKER_ERRORS as exc:  # already broken: the broker hands the deliveries back
+            log.warning("closing a partition connection failed: %r", exc)
+    try:
+        await broker.stop()
+    except Exception as exc:  # FastStream groups its subscribers' errors
+        log.warning("stopping a partition consumer failed: %r", exc)

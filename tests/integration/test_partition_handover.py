@@ -1,0 +1,133 @@
+"""A partition changes hands in order: RabbitPartitionConsumers on a real RabbitMQ vhost.
+
+What the partition coordinator relies on (app/services/partitions.py): a second consumer of a
+partition waits while the first holds it (single active consumer), and releasing (closing the
+connection) hands the first one's unacknowledged deliveries to the second, in queue order,
+before anything newer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aio_pika
+from faststream import AckPolicy
+from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
+
+from app.adapters import rabbit
+from app.adapters.rabbit_partitions import RabbitPartitionConsumers
+from tests import servers
+
+MESSAGES = 300
+ACKED_BY_FIRST = 100
+
+
+async def _raw(message: Any) -> Any:
+    return message.raw_message
+
+
+class Consumer:
+    """A partition subscriber that records what it gets and acks only what ``ack`` allows."""
+
+    def __init__(self, ack: Callable[[int], bool]) -> None:
+        self.ack = ack
+        self.got: list[int] = []
+        self.holding: list[asyncio.Future[None]] = []
+
+    def subscribe(self, broker: RabbitBroker, index: int) -> None:
+        queue = RabbitQueue(  # type: ignore[call-overload]
+            rabbit.partition_queue(index),
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            arguments=rabbit.TRACKER_QUEUE_ARGS,
+        )
+
+        @broker.subscriber(
+            queue,
+            channel=Channel(prefetch_count=50),
+            ack_policy=AckPolicy.MANUAL,
+            decoder=_raw,
+        )
+        async def handle(raw: Any) -> None:
+            number = int(raw.body)
+            self.got.append(number)
+            if self.ack(number):
+                await raw.ack()
+                return
+            held = asyncio.get_running_loop().create_future()
+            self.holding.append(held)
+            await held  # holds the delivery unacknowledged until cancelled
+
+    def cancel(self) -> None:
+        for held in self.holding:
+            held.cancel()
+
+
+async def _publish(url: str, numbers: range) -> None:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await rabbit.declare_topology(channel, 1, ring=False)
+        for number in numbers:
+            await channel.default_exchange.publish(
+                aio_pika.Message(str(number).encode()), routing_key=rabbit.partition_queue(0)
+            )
+    finally:
+        await connection.close()
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check`` for up to 20 s; fail naming ``what`` was awaited."""
+    try:
+        async with asyncio.timeout(20):
+            while not check():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def test_a_released_partition_goes_to_the_waiting_consumer_in_order(
+    rabbit_url: str,
+) -> None:
+    await _publish(rabbit_url, range(MESSAGES))
+    first = Consumer(ack=lambda n: n < ACKED_BY_FIRST)
+    second = Consumer(ack=lambda n: True)
+    a = RabbitPartitionConsumers(rabbit_url, first.subscribe, name="first")
+    b = RabbitPartitionConsumers(rabbit_url, second.subscribe, name="second")
+    try:
+        await a.consume(0)
+        await a.consume(0)  # again: a no-op, not a second subscription
+        await _until(lambda: len(first.got) > ACKED_BY_FIRST, "the first to hold deliveries")
+        await b.consume(0)
+        assert a.consuming() == b.consuming() == {0}
+        await asyncio.sleep(0.5)
+        assert second.got == [], "single active consumer: the second waits"
+        await _until(
+            lambda: servers.active_consumers(rabbit_url) != {}, "the management API to see them"
+        )
+        queue = rabbit.partition_queue(0)
+        assert servers.active_consumers(rabbit_url) == {queue: ["first partition 0"]}
+
+        held = len(first.got) - ACKED_BY_FIRST
+        await a.release(0)
+        assert a.consuming() == set()
+        await _until(lambda: len(second.got) >= MESSAGES - ACKED_BY_FIRST, "the hand-over")
+        assert held > 0
+        assert second.got == list(range(ACKED_BY_FIRST, MESSAGES)), (
+            "the held deliveries first, in order, then the rest; nothing acked comes back"
+        )
+
+        # A partition released and consumed again gets a fresh connection that works.
+        await b.release(0)
+        await a.consume(0)
+        first.ack = lambda n: True
+        await _publish(rabbit_url, range(MESSAGES, MESSAGES + 10))
+        await _until(lambda: first.got[-10:] == list(range(MESSAGES, MESSAGES + 10)), "more")
+        assert second.got == list(range(ACKED_BY_FIRST, MESSAGES))
+    finally:
+        await a.close()
+        await b.close()
+        first.cancel()
+        second.cancel()
