@@ -6,8 +6,10 @@ Each adapter is built with a tiny page size so every scan crosses several pages.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from itertools import chain
@@ -288,6 +290,12 @@ class ServerBackedContract(EventLogContract):
         log = open_event_log(unreachable_url)
         yield log
         await log.close()
+        # A driver may drop a socket whose connection was refused without closing it (seen once
+        # in a full run: an unclosed 127.0.0.1 socket with no peer, reported by whichever later
+        # test the garbage collector happened to run in). Collect it here, knowingly.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
 
     async def test_an_outage_raises_log_unavailable(self, unreachable_log: EventLog) -> None:
         attempts: list[Callable[[], Awaitable[object]]] = [
