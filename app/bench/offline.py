@@ -265,6 +265,13 @@ def rebuild_workload(events: int) -> list[JobEvent]:
     return lifecycle_events(events, run=f"rb{uuid.uuid4().hex[:6]}")
 
 
+async def fill_log_in_slices(log: EventLog, events: int, size: int = 100_000) -> None:
+    """Store ``events`` events of distinct jobs, never holding more than ``size`` in memory."""
+    run = uuid.uuid4().hex[:6]
+    for index, start in enumerate(range(0, events, size)):
+        await fill_log(log, lifecycle_events(min(size, events - start), run=f"m{run}s{index}"))
+
+
 _PEAK_RSS = (
     "import resource, subprocess, sys; "
     "done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE); "

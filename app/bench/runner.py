@@ -15,6 +15,7 @@ from app.adapters.log_factory import open_event_log
 from app.bench.databases import mongo_database, scratch_postgres, secantus_server
 from app.bench.offline import (
     fill_log,
+    fill_log_in_slices,
     in_memory_fold_rate,
     pad_jobs,
     peak_rss_mb,
@@ -24,7 +25,12 @@ from app.bench.offline import (
     timer_lag,
 )
 from app.bench.rabbit_setup import scratch_vhost
-from app.bench.scenarios import bare_consume_rate, encoded, jobtrail_ingest_rate
+from app.bench.scenarios import (
+    bare_consume_rate,
+    encoded,
+    jobtrail_ingest_rate,
+    serve_processes_ingest_rate,
+)
 from app.bench.workload import lifecycle_events
 from app.bootstrap import prepare_storage
 from app.domain.policy import Policy
@@ -46,6 +52,10 @@ class BenchOptions:
     requests: int = 2_000
     read_jobs: int = 0
     """Pad the projection to this many jobs (synthetic rows) before the read figures."""
+    memory_events: int = 0
+    trackers: int = 2
+    """Also measure ingestion by 1 and by this many ``jobtrail serve`` processes (0: skip)."""
+    """Measure memory once over a log of its own of this many events (0: the rebuild log)."""
 
 
 @dataclass
@@ -112,6 +122,17 @@ async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> l
         "events/s",
         baseline=baseline.name,
     )
+    served = [
+        Figure(
+            f"ingest, {n} `jobtrail serve` process{'es' if n > 1 else ''} sharing the "
+            "partitions, PostgreSQL (first to last commit)",
+            "events/s",
+            baseline=baseline.name,
+            target=0.5,
+        )
+        for n in sorted({1, options.trackers})
+        if options.trackers
+    ]
     async with AsyncExitStack() as stack:
         secantus = None
         if options.secantus is not None:
@@ -130,8 +151,14 @@ async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> l
                     rate = await jobtrail_ingest_rate(settings, events)
                 figure.values.append(rate)
                 figure.ratios.append(rate / base)
+            for figure, processes in zip(served, sorted({1, options.trackers}), strict=False):
+                progress(f"run {run + 1}: {processes} serve process(es)")
+                async with _ingest_env(options, "postgres") as settings:
+                    rate = await serve_processes_ingest_rate(settings, events, processes)
+                figure.values.append(rate)
+                figure.ratios.append(rate / base)
     offline = await _offline_figures(options, progress)
-    return [f for f in (baseline, pg, mongo, *offline) if f.values]
+    return [f for f in (baseline, pg, *served, mongo, *offline) if f.values]
 
 
 async def _offline_figures(options: BenchOptions, progress: Callable[[str], None]) -> list[Figure]:
@@ -146,7 +173,8 @@ async def _offline_figures(options: BenchOptions, progress: Callable[[str], None
     get_p99 = Figure("GET /jobs/{id} p99 over HTTP", "ms", target=5, at_most=True)
     list_p99 = Figure("filtered list page p99 over HTTP", "ms", target=20, at_most=True)
     memory = Figure(
-        f"peak RSS of export / replay / verify over {options.rebuild_events:,} events (largest)",
+        "peak RSS of export / replay / verify over "
+        f"{options.memory_events or options.rebuild_events:,} events (largest)",
         "MB",
         target=300,
         at_most=True,
@@ -172,13 +200,9 @@ async def _offline_figures(options: BenchOptions, progress: Callable[[str], None
             rate = await rebuild_rate(settings, policy, options.rebuild_events)
             rebuilt.values.append(rate)
             rebuilt.ratios.append(rate / base)
-            progress(f"run {run + 1}: memory of export, replay, verify")
-            commands = (
-                ["export", "--format", "jsonl", "--output", "/dev/null"],
-                ["replay", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z"],
-                ["verify"],
-            )
-            memory.values.append(max([await peak_rss_mb(settings, c) for c in commands]))
+            if not options.memory_events:
+                progress(f"run {run + 1}: memory of export, replay, verify")
+                memory.values.append(await _peak_rss_of_readers(settings))
             if options.read_jobs:
                 progress(f"run {run + 1}: padding the projection to {options.read_jobs:,} jobs")
                 await pad_jobs(settings, options.read_jobs)
@@ -192,7 +216,27 @@ async def _offline_figures(options: BenchOptions, progress: Callable[[str], None
             settings = Settings(rabbit_url=options.rabbit_url, log_url=sql, sql_url=sql)
             progress(f"run {run + 1}: timer lag")
             lag_p99.values.append((await timer_lag(settings, policy, options.timer_jobs))["p99"])
+    if options.memory_events:
+        async with scratch_postgres(options.pg_admin_url) as sql:
+            settings = Settings(rabbit_url=options.rabbit_url, log_url=sql, sql_url=sql)
+            await prepare_storage(settings)
+            progress(f"filling a log of {options.memory_events:,} events for the memory figure")
+            log = open_event_log(sql)
+            await fill_log_in_slices(log, options.memory_events)
+            await log.close()
+            progress("memory of export, replay, verify")
+            memory.values.append(await _peak_rss_of_readers(settings))
     return [fold_rate, rebuilt, memory, get_p99, list_p99, lag_p99]
+
+
+async def _peak_rss_of_readers(settings: Settings) -> float:
+    """The largest peak RSS (MB) of ``export``, ``replay`` and ``verify`` over the whole log."""
+    commands = (
+        ["export", "--format", "jsonl", "--output", "/dev/null"],
+        ["replay", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z"],
+        ["verify"],
+    )
+    return max([await peak_rss_mb(settings, c) for c in commands])
 
 
 def results_json(figures: list[Figure], options: BenchOptions) -> str:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
 import aio_pika
+from sqlalchemy import func, select
 
 from app.adapters.rabbit import (
     EVENTS_EXCHANGE,
@@ -15,6 +19,8 @@ from app.adapters.rabbit import (
     declare_topology,
     partition_queue,
 )
+from app.adapters.sql_log import events_table
+from app.adapters.sql_schema import make_engine
 from app.bench.rabbit_setup import publish_confirmed
 from app.bootstrap import build_tracking, prepare_storage
 from app.domain.events import JobEvent
@@ -67,10 +73,8 @@ async def bare_consume_rate(
         await connection.close()
 
 
-async def jobtrail_ingest_rate(
-    settings: Settings, events: Sequence[JobEvent], limit: float = 600
-) -> float:
-    """Events/s from subscriber start until every pre-published event is recorded and acked."""
+async def _prepublish(settings: Settings, events: Sequence[JobEvent]) -> None:
+    """Migrate, then put every event in the partition queues before any tracker runs."""
     await prepare_storage(settings)
     connection = await aio_pika.connect(settings.rabbit_url)
     try:
@@ -81,6 +85,13 @@ async def jobtrail_ingest_rate(
         await _wait_for_depth(channel, settings.partitions, len(events))
     finally:
         await connection.close()
+
+
+async def jobtrail_ingest_rate(
+    settings: Settings, events: Sequence[JobEvent], limit: float = 600
+) -> float:
+    """Events/s from subscriber start until every pre-published event is recorded and acked."""
+    await _prepublish(settings, events)
     tracking = build_tracking(settings)
     await tracking.start()
     stream = create_app(tracking)
@@ -111,3 +122,66 @@ async def _wait_for_depth(
             return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"the partition queues never held {depth} messages")
+
+
+async def serve_processes_ingest_rate(
+    settings: Settings, events: Sequence[JobEvent], processes: int, limit: float = 600
+) -> float:
+    """Events/s of ``processes`` ``jobtrail serve`` processes sharing the partitions.
+
+    Timed from the first event's commit to the last one's (the log's ``recorded_at``), so the
+    processes' start-up (imports, connections) is left out and their hand-overs are counted.
+    """
+    await _prepublish(settings, events)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
+    env |= {
+        "JOBTRAIL_RABBIT_URL": settings.rabbit_url,
+        "JOBTRAIL_LOG_URL": settings.log_url,
+        "JOBTRAIL_SQL_URL": settings.sql_url,
+        "JOBTRAIL_PARTITIONS": str(settings.partitions),
+        "JOBTRAIL_PREFETCH": str(settings.prefetch),
+        "JOBTRAIL_BATCH_SIZE": str(settings.batch_size),
+        "JOBTRAIL_HTTP_PORT": "0",
+        "JOBTRAIL_LOG_LEVEL": "WARNING",
+    }
+    types = sorted({e.type for e in events})
+    counted = select(
+        func.count(), func.min(events_table.c.recorded_at), func.max(events_table.c.recorded_at)
+    ).where(events_table.c.type.in_(types))
+    engine = make_engine(settings.log_url)
+    with tempfile.TemporaryDirectory(prefix="jobtrail-bench-") as workdir:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "app",
+                "serve",
+                cwd=workdir,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for _ in range(processes)
+        ]
+        try:
+            deadline = time.perf_counter() + limit
+            while True:
+                async with engine.connect() as conn:
+                    count, first, last = (await conn.execute(counted)).one()
+                if count >= len(events):
+                    break
+                for proc in procs:
+                    if proc.returncode is not None:
+                        err = (await proc.stderr.read()).decode()[-2000:] if proc.stderr else ""
+                        raise RuntimeError(f"a jobtrail serve process ended early:\n{err}")
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"only {count} of {len(events)} recorded")
+                await asyncio.sleep(0.2)
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.terminate()
+            for proc in procs:
+                await proc.wait()
+            await engine.dispose()
+    return float(count / max((last - first).total_seconds(), 0.001))

@@ -11,7 +11,7 @@ from app.domain.events import Completed, JobEvent, Reserved, Submitted
 def lifecycle_events(count: int, *, run: str) -> list[JobEvent]:
     """``count`` events: submitted, reserved, completed per job, interleaved as in real traffic."""
     now = datetime.now(UTC)
-    jobs = max(count // 3, 1)
+    jobs = max(-(-count // 3), 1)  # enough jobs for ``count`` events; the last may be cut short
     per_job: list[list[JobEvent]] = []
     for n in range(jobs):
         job = f"bench-{run}-{n:07d}"

@@ -38,6 +38,24 @@ def bench(
             help="Pad the projection to this many jobs before the read-latency figures.",
         ),
     ] = 0,
+    memory_events: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100_000_000,
+            help="Measure export/replay/verify memory over a log of its own of this many "
+            "events, once (0: over the rebuild scenario's log, every run).",
+        ),
+    ] = 0,
+    trackers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=16,
+            help="Also measure ingestion by 1 and by this many `jobtrail serve` processes "
+            "sharing the partitions (0: skip).",
+        ),
+    ] = 2,
     smoke: Annotated[
         bool, typer.Option(help="A quick check that the benchmark works (300 events, 1 run).")
     ] = False,
@@ -73,6 +91,8 @@ def bench(
         timer_jobs=50 if smoke else timer_jobs,
         requests=50 if smoke else requests,
         read_jobs=0 if smoke else read_jobs,
+        memory_events=0 if smoke else memory_events,
+        trackers=trackers,
     )
     console = Console(stderr=True)
     try:
