@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import aio_pika
 from sqlalchemy import func, select
@@ -150,19 +151,22 @@ async def serve_processes_ingest_rate(
     ).where(events_table.c.type.in_(types))
     engine = make_engine(settings.log_url)
     with tempfile.TemporaryDirectory(prefix="jobtrail-bench-") as workdir:
-        procs = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "app",
-                "serve",
-                cwd=workdir,
-                env=env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            for _ in range(processes)
-        ]
+        logs = [Path(workdir) / f"serve-{n}.log" for n in range(processes)]
+        procs = []
+        for path in logs:
+            with path.open("wb") as out:  # a file, not a pipe nobody reads: that would block
+                procs.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "app",
+                        "serve",
+                        cwd=workdir,
+                        env=env,
+                        stdout=out,
+                        stderr=asyncio.subprocess.STDOUT,
+                    )
+                )
         try:
             deadline = time.perf_counter() + limit
             while True:
@@ -170,18 +174,28 @@ async def serve_processes_ingest_rate(
                     count, first, last = (await conn.execute(counted)).one()
                 if count >= len(events):
                     break
-                for proc in procs:
+                for proc, path in zip(procs, logs, strict=True):
                     if proc.returncode is not None:
-                        err = (await proc.stderr.read()).decode()[-2000:] if proc.stderr else ""
-                        raise RuntimeError(f"a jobtrail serve process ended early:\n{err}")
+                        tail = path.read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"a jobtrail serve process ended early:\n{tail}")
                 if time.perf_counter() > deadline:
                     raise TimeoutError(f"only {count} of {len(events)} recorded")
                 await asyncio.sleep(0.2)
         finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.terminate()
-            for proc in procs:
-                await proc.wait()
+            await _stop_all(procs, logs)
             await engine.dispose()
     return float(count / max((last - first).total_seconds(), 0.001))
+
+
+async def _stop_all(procs: Sequence[asyncio.subprocess.Process], logs: Sequence[Path]) -> None:
+    """SIGTERM every process still running; one that does not stop within 60 s is an error."""
+    for proc in procs:
+        if proc.returncode is None:
+            proc.terminate()
+    for proc, path in zip(procs, logs, strict=True):
+        try:
+            await asyncio.wait_for(proc.wait(), 60)
+        except TimeoutError:
+            proc.kill()
+            tail = path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"a jobtrail serve process did not stop:\n{tail}") from None

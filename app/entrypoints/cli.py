@@ -58,10 +58,12 @@ async def _serve(settings: Settings) -> int:
     from app.entrypoints.worker import create_app
 
     if not settings.uses_mongo:
+        kind = "SQLite" if settings.log_url.startswith("sqlite") else "SQL"
         log.warning(
-            "EMBEDDED MODE: the event log is SQLite (%s), not MongoDB. "
+            "EMBEDDED MODE: the event log is %s (%s), not MongoDB. "
             "Set JOBTRAIL_LOG_URL=mongodb://... for production.",
-            settings.log_url,
+            kind,
+            _redact(settings.log_url),
         )
     sock = listen(settings.http_host, settings.http_port)  # a taken port fails before anything runs
     await prepare_storage(settings)

@@ -14,6 +14,7 @@ from app.adapters.rabbit_acks import BatchAcks
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from app.bootstrap import Tracking
 from app.services.broker_signals import broker_dead_letter
+from app.services.ingest import DeliveryAbandoned
 from app.services.partitions import PartitionCoordinator
 
 log = logging.getLogger("jobtrail.worker")
@@ -184,6 +185,8 @@ def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) ->
         async with ingestor.delivery(index):
             try:
                 await ingestor.accept(message.body, keyed=message.keyed, partition=index)
+            except DeliveryAbandoned:
+                return  # handed back to the broker with the partition: not an error
             except Exception:
                 await acks.nack(message.raw)
                 raise

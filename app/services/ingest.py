@@ -51,6 +51,13 @@ def _summarize(exc: ValidationError) -> str:
     return "; ".join(parts)[:900] + more
 
 
+class DeliveryAbandoned(Exception):
+    """A held delivery was given up (``Ingestor.abandon``): neither recorded nor acknowledged.
+
+    Its message goes back to the queue when its channel closes; the handler just ends.
+    """
+
+
 @dataclass
 class Health:
     """What /healthz and the logs say about the stores."""
@@ -231,7 +238,8 @@ class Ingestor:
     ) -> None:
         """Record, quarantine or re-key one message; returns when it may be acknowledged.
 
-        Events of a paused ``partition`` wait, in order, until it resumes.
+        Events of a paused ``partition`` wait, in order, until it resumes; if the partition
+        is abandoned meanwhile, ``DeliveryAbandoned`` is raised.
         """
         event, reason = rejection_reason(body)
         if event is None:
@@ -252,4 +260,12 @@ class Ingestor:
             return
         pending = _Pending.of(event)
         held.append(pending)
-        await pending.done
+        try:
+            await pending.done
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the handler itself is cancelled
+                if pending in held:
+                    held.remove(pending)  # its message stays unacknowledged: never recorded
+                raise
+            raise DeliveryAbandoned from None

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from app.adapters.memory_store import InMemoryMembership
 from app.domain.events import JobEvent
 from app.ports import ProjectionUnavailable
-from app.services.ingest import Batcher, Health, Ingestor
+from app.services.ingest import Batcher, DeliveryAbandoned, Health, Ingestor
 from app.services.partitions import PartitionCoordinator, share
 from tests.unit.test_ring_keeper import Publisher, Recorder, until
 from tests.unit.test_tracking_service import submitted
@@ -185,7 +185,7 @@ async def test_a_partition_is_released_only_once_its_deliveries_are_recorded(
     a.recorder.open.set()
     await first
     await until(lambda: moving not in a.coordinator.owned())
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(DeliveryAbandoned):
         await later  # held, never recorded here: the broker hands it to b
     assert a.recorder.recorded == [("job-1", "submitted")]
     assert ("release", moving) in a.consumers.calls
@@ -244,3 +244,18 @@ async def test_a_stop_does_not_wait_forever_for_a_stuck_store(nodes: Sequence[No
     assert a.consumers.subscribed == set(), "released anyway: the broker redelivers it"
     assert a.recorder.recorded == []
     stuck.cancel()
+
+
+async def test_a_held_delivery_whose_handler_is_cancelled_is_cancelled_not_abandoned(
+    nodes: Sequence[Node],
+) -> None:
+    a, _, _ = nodes
+    a.ingestor.pause(0)
+    held = asyncio.create_task(a.deliver(0, submitted("job-1")))
+    await asyncio.sleep(0.02)
+    held.cancel()  # the tracker stops: its handlers are cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    a.ingestor.resume(0)
+    await asyncio.sleep(0.05)
+    assert a.recorder.recorded == []

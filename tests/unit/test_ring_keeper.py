@@ -11,7 +11,7 @@ import pytest
 from app.adapters.memory_store import InMemoryBarrierStore
 from app.domain.events import JobEvent, Reserved
 from app.ports import PublishFailed
-from app.services.ingest import Batcher, Health, Ingestor
+from app.services.ingest import Batcher, DeliveryAbandoned, Health, Ingestor
 from app.services.ring import RingKeeper
 from tests.ring_fakes import MemoryRingBroker
 from tests.unit.test_tracking_service import FakeClock, env, submitted
@@ -251,5 +251,5 @@ async def test_a_tracker_stopping_at_a_barrier_records_nothing_held_behind_it(ri
     await rig.store.open_barrier(epoch, FakeClock().now())
     await asyncio.sleep(0.05)
     assert rig.recorder.recorded == [], "the broker delivers it again, after the marker"
-    assert held.cancelled(), "its handler ends without acknowledging it"
+    assert isinstance(held.exception(), DeliveryAbandoned), "its handler ends, unacknowledged"
     assert not rig.ingestor.paused(0)
