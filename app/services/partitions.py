@@ -78,14 +78,21 @@ class PartitionCoordinator:
     moves: int = 0
     """Partitions released to another tracker (for metrics and tests)."""
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _last_logged: tuple[frozenset[int], int] | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def owned(self) -> set[int]:
         return self.consumers.consuming()
 
     async def start(self) -> None:
-        """Take this tracker's share now (or nothing if the store is down), then keep it."""
+        """Take this tracker's share (or nothing yet if the store is down), then keep it.
+
+        It beats once and waits a beat before taking anything, so that trackers started
+        together see each other first instead of taking everything and handing it over again.
+        """
         try:
+            await self._beat()
+            await asyncio.sleep(self.beat_every)
             await self._beat()
         except StoreUnavailable as exc:
             log.warning("partitions: cannot see the other trackers yet: %s", exc)
@@ -117,7 +124,9 @@ class PartitionCoordinator:
             await self._release(partition, wait_barrier=True)
         for partition in sorted(mine - self.owned()):
             await self.consumers.consume(partition)
-        if self.owned() != had:
+        seen = (frozenset(self.owned()), len(self.live))
+        if seen != self._last_logged:  # what it consumes, or how many share, changed
+            self._last_logged = seen
             log.info(
                 "partitions: consuming %s of %d (%d trackers live)",
                 sorted(self.owned()),
