@@ -125,7 +125,7 @@ async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> l
     served = [
         Figure(
             f"ingest, {n} `jobtrail serve` process{'es' if n > 1 else ''} sharing the "
-            "partitions, PostgreSQL (first to last commit)",
+            "partitions, PostgreSQL (sustained)",
             "events/s",
             baseline=baseline.name,
             target=0.5,
