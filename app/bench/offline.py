@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import aio_pika
 import httpx
 
 from app.adapters.log_factory import open_event_log
@@ -17,6 +19,7 @@ from app.adapters.sql_store import SqlProjectionStore
 from app.bench.workload import lifecycle_events
 from app.bootstrap import Readers, prepare_storage
 from app.domain.chain import RecordedEvent
+from app.domain.decide import next_deadline
 from app.domain.events import JobEvent, Reserved, Submitted, parse_event
 from app.domain.machine import fold
 from app.domain.policy import Policy
@@ -182,37 +185,113 @@ async def _timed(client: httpx.AsyncClient, path: str) -> float:
 async def timer_lag(
     settings: Settings, policy: Policy, jobs: int, lease: float = 3.0
 ) -> dict[str, float]:
-    """Seconds from each lease deadline to its recorded expiry, with ``jobs`` live jobs.
+    """Timer lateness with ``jobs`` live jobs: lease expiries, and retries reaching RabbitMQ.
 
     All but ``PROBES`` of them hold an hour-long lease (they stay live: the timers table is full);
-    the probes, recorded last, hold a ``lease``-second one, and their expiries are timed.
+    the probes, recorded last, hold a ``lease``-second one. Timed: each probe's expiry against
+    its lease deadline, and its retry's job message arriving on the work queue (published by
+    the outbox relay through ``settings.rabbit_url``) against the end of its cooldown.
     """
     from app.adapters.clock import SystemClock
+    from app.adapters.rabbit import RabbitPublisher
     from app.services.ingest import Health
-    from app.services.relay import TimerLoop
+    from app.services.relay import OutboxRelay, TimerLoop
 
     await prepare_storage(settings)
     log = open_event_log(settings.log_url)
     store = SqlProjectionStore(settings.sql_url)
-    tracker = Tracker(log, store, policy, SystemClock())
+    clock = SystemClock()
+    publisher = RabbitPublisher(settings.rabbit_url, max_priority=policy.document.max_priority)
+    relay = OutboxRelay(store, publisher, clock)
+    tracker = Tracker(log, store, policy, clock, on_outbox=relay.wake)
+    arrivals: dict[str, datetime] = {}
+    tasks: list[asyncio.Task[None]] = []
     try:
+        await publisher.connect()
+        consumer = await _work_queue_arrivals(settings.rabbit_url, policy, arrivals)
         probes = min(jobs, PROBES)
         background = _reserved_jobs(jobs - probes, lease=3600.0)
         for start in range(0, len(background), APPEND_CHUNK):
             await tracker.record(background[start : start + APPEND_CHUNK])
-        # The loop runs while the probes are recorded, as in a live tracker.
-        loop = asyncio.create_task(TimerLoop(tracker, Health(), interval=0.1).run())
+        # The loops run while the probes are recorded, as in a live tracker.
+        tasks = [
+            asyncio.create_task(TimerLoop(tracker, Health(), interval=0.1).run()),
+            asyncio.create_task(relay.run()),
+        ]
         events = _reserved_jobs(probes, lease=lease)
         for start in range(0, len(events), APPEND_CHUNK):
             await tracker.record(events[start : start + APPEND_CHUNK])
+        probed = [e.job_id for e in events[1::2]]
         deadline = datetime.now(UTC) + timedelta(seconds=lease + 60)
-        lags = await _expiry_lags(log, [e.job_id for e in events[1::2]], deadline)
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
-        return {"p50": percentile(lags, 0.5), "p99": percentile(lags, 0.99), "jobs": float(jobs)}
+        lags = await _expiry_lags(log, probed, deadline)
+        retries = await _retry_lateness(
+            log, policy, probed, arrivals, deadline + timedelta(seconds=60)
+        )
+        await consumer.close()
+        return {
+            "p50": percentile(lags, 0.5),
+            "p99": percentile(lags, 0.99),
+            "retry_p99": percentile(retries, 0.99),
+            "jobs": float(jobs),
+        }
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await publisher.close()
         await log.close()
         await store.close()
+
+
+async def _work_queue_arrivals(
+    url: str, policy: Policy, arrivals: dict[str, datetime]
+) -> aio_pika.abc.AbstractConnection:
+    """Consume the probes' work queue, noting when each retried job (attempt 2) arrives."""
+    from app.adapters.rabbit import work_queue_args
+
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(
+        "jobtrail.work.gpu-a.batch",
+        durable=True,
+        arguments=work_queue_args(policy.document.max_priority),
+    )
+
+    async def arrived(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        at = datetime.now(UTC)
+        job = json.loads(message.body)
+        if job.get("attempt") == 2:
+            arrivals.setdefault(str(job["job_id"]), at)
+        await message.ack()
+
+    await queue.consume(arrived)
+    return connection
+
+
+async def _retry_lateness(
+    log: EventLog,
+    policy: Policy,
+    job_ids: list[str],
+    arrivals: dict[str, datetime],
+    deadline: datetime,
+) -> list[float]:
+    """Seconds from each probe's end of cooldown to its job message's arrival (0 if early)."""
+    due: dict[str, datetime] = {}
+    while len(due) < len(job_ids) and datetime.now(UTC) < deadline:
+        pending = [j for j in job_ids if j not in due]
+        for job_id, history in (await log.read_jobs(pending)).items():
+            ends = [n for n, e in enumerate(history) if e.event.type == "expired"]
+            if ends:
+                cooling = next_deadline(fold(history[: ends[0] + 1]), policy)
+                assert cooling is not None and cooling.kind == "cooldown", cooling
+                due[job_id] = cooling.at
+        await asyncio.sleep(0.5)
+    while len(arrivals) < len(job_ids) and datetime.now(UTC) < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.5)
+    late = [max((arrivals[j] - due[j]).total_seconds(), 0.0) for j in job_ids if j in arrivals]
+    if len(late) < len(job_ids):
+        raise TimeoutError(f"only {len(late)} of {len(job_ids)} retries reached the work queue")
+    return late
 
 
 def _reserved_jobs(count: int, lease: float) -> list[JobEvent]:

@@ -34,6 +34,7 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
     assert any(n.startswith("rebuild") for n in names)
     assert any(n.startswith("GET /jobs/{id} p99") for n in names)
     assert any(n.startswith("lease-expiry detection lag") for n in names)
+    assert any(n.startswith("retry republish lateness") for n in names)
     assert any(n.startswith("peak RSS of export / replay / verify") for n in names)
     for figure in report["figures"]:
         assert figure["values"], figure
