@@ -151,14 +151,19 @@ def partition_coordinator(tracking: Tracking) -> PartitionCoordinator:
     )
 
 
-def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -> None:
-    """Register partition ``index``'s subscriber on ``broker``."""
-    queue = RabbitQueue(  # type: ignore[call-overload]
+def partition_queue(index: int) -> RabbitQueue:
+    """Partition queue ``index`` as FastStream declares it (quorum, single active consumer)."""
+    return RabbitQueue(  # type: ignore[call-overload,no-any-return]
         rabbit.partition_queue(index),
         queue_type=QueueType.QUORUM,
         durable=True,
         arguments=rabbit.TRACKER_QUEUE_ARGS,
     )
+
+
+def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -> None:
+    """Register partition ``index``'s subscriber on ``broker``."""
+    queue = partition_queue(index)
     ingestor = tracking.ingestor
     acks = BatchAcks()  # a committed batch is acknowledged with one frame per partition
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import aio_pika
 from faststream import AckPolicy
-from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
+from faststream.rabbit import Channel, RabbitBroker
 
 from app.adapters import rabbit
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
+from app.entrypoints.worker import partition_queue
 from tests import servers
 
 MESSAGES = 300
@@ -37,15 +38,8 @@ class Consumer:
         self.holding: list[asyncio.Future[None]] = []
 
     def subscribe(self, broker: RabbitBroker, index: int) -> None:
-        queue = RabbitQueue(  # type: ignore[call-overload]
-            rabbit.partition_queue(index),
-            queue_type=QueueType.QUORUM,
-            durable=True,
-            arguments=rabbit.TRACKER_QUEUE_ARGS,
-        )
-
         @broker.subscriber(
-            queue,
+            partition_queue(index),
             channel=Channel(prefetch_count=50),
             ack_policy=AckPolicy.MANUAL,
             decoder=_raw,
