@@ -132,7 +132,8 @@ class Tracking:
 
 def build_tracking(settings: Settings) -> Tracking:
     """Wire a tracker from settings (connects nothing until ``start``)."""
-    readers = open_readers(settings)
+    projection = SqlProjectionStore(settings.sql_url)
+    readers = Readers(open_event_log(settings.log_url), projection, load_policy(settings))
     clock = SystemClock()
     publisher = RabbitPublisher(
         settings.rabbit_url,
@@ -147,7 +148,7 @@ def build_tracking(settings: Settings) -> Tracking:
     )
     ingestor = Ingestor(batcher, publisher, rekey_unkeyed=settings.partitions > 1)
     ring = RingKeeper(
-        SqlBarrierStore(settings.sql_url),
+        SqlBarrierStore(projection.engine),  # one pool for the projection database
         RabbitRing(settings.rabbit_url, partitions=settings.partitions),
         ingestor,
         batcher,
@@ -166,6 +167,6 @@ def build_tracking(settings: Settings) -> Tracking:
         relay=relay,
         timers=TimerLoop(tracker, health, interval=settings.timer_interval_ms / 1000),
         ring=ring,
-        membership=SqlMembership(settings.sql_url),
+        membership=SqlMembership(projection.engine),
         member=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
     )

@@ -13,19 +13,15 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.sql_models import ring_arrivals, ring_barriers
-from app.adapters.sql_schema import BEGIN_IMMEDIATE, make_engine
+from app.adapters.sql_schema import EngineHolder
 from app.adapters.sql_store import _driver_errors, _upsert
 
 
-class SqlBarrierStore:
+class SqlBarrierStore(EngineHolder):
     """BarrierStore on PostgreSQL or SQLite (the migrated projection database)."""
 
     def __init__(self, engine_or_url: AsyncEngine | str) -> None:
-        self._owns_engine = isinstance(engine_or_url, str)
-        self._engine = (
-            make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-        )
-        self._writer = self._engine.execution_options(**{BEGIN_IMMEDIATE: True})
+        super().__init__(engine_or_url)
 
     async def begin_barrier(self, now: datetime) -> str:
         """The oldest ring barrier not yet opened, or a new one."""
@@ -77,8 +73,3 @@ class SqlBarrierStore:
         with _driver_errors("opening a ring barrier"):
             async with self._writer.begin() as conn:
                 await conn.execute(statement)
-
-    async def close(self) -> None:
-        """Dispose of the engine if this store created it."""
-        if self._owns_engine:
-            await self._engine.dispose()

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.adapters.sql_models import trackers
-from app.adapters.sql_schema import BEGIN_IMMEDIATE, make_engine
+from app.adapters.sql_schema import EngineHolder
 from app.adapters.sql_store import _driver_errors, _upsert
 
 
@@ -23,15 +23,11 @@ def _db_now(conn: AsyncConnection) -> Any:
     return (func.julianday("now") - literal(2440587.5)) * literal(86400.0)
 
 
-class SqlMembership:
+class SqlMembership(EngineHolder):
     """Membership on PostgreSQL or SQLite (the migrated projection database)."""
 
     def __init__(self, engine_or_url: AsyncEngine | str) -> None:
-        self._owns_engine = isinstance(engine_or_url, str)
-        self._engine = (
-            make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-        )
-        self._writer = self._engine.execution_options(**{BEGIN_IMMEDIATE: True})
+        super().__init__(engine_or_url)
 
     async def beat(self, member: str, ttl: float) -> list[str]:
         """Record ``member`` alive for ``ttl`` more seconds; the live members, sorted."""
@@ -54,8 +50,3 @@ class SqlMembership:
         with _driver_errors("a tracker leaving"):
             async with self._writer.begin() as conn:
                 await conn.execute(delete(trackers).where(trackers.c.member == member))
-
-    async def close(self) -> None:
-        """Dispose of the engine if this membership created it."""
-        if self._owns_engine:
-            await self._engine.dispose()

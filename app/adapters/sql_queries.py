@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.sql_models import Identifier, UtcDateTime, attempts, jobs
-from app.adapters.sql_schema import make_engine
+from app.adapters.sql_schema import EngineHolder
 from app.ports import JobRow, ProjectionUnavailable
 from app.services.queries import EndedCount, GroupCount, InvalidQuery, JobFilter, PageKey
 
@@ -76,17 +76,14 @@ def _minute_text(dialect: str) -> ColumnElement[str]:
     return func.substr(attempts.c.ended_at, 1, _MINUTE_TEXT_LENGTH)
 
 
-class SqlJobQueries:
+class SqlJobQueries(EngineHolder):
     """Read queries for the API and ``jobtrail jobs`` on the projection tables.
 
     Given a URL it owns (and ``close`` disposes of) its engine; given an engine it only borrows it.
     """
 
     def __init__(self, engine_or_url: AsyncEngine | str) -> None:
-        self._owns_engine = isinstance(engine_or_url, str)
-        self._engine = (
-            make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-        )
+        super().__init__(engine_or_url)
 
     async def list_jobs(
         self, filters: JobFilter, *, limit: int, after: PageKey | None
@@ -132,8 +129,3 @@ class SqlJobQueries:
         with _read_errors("pinging the projection store"):
             async with self._engine.connect() as conn:
                 await conn.execute(select(jobs.c.job_id).limit(1))
-
-    async def close(self) -> None:
-        """Dispose of the engine if this object created it."""
-        if self._owns_engine:
-            await self._engine.dispose()

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from app.adapters.sql_models import attempts, jobs, timers
-from app.adapters.sql_schema import BEGIN_IMMEDIATE, make_engine
+from app.adapters.sql_schema import EngineHolder
 from app.ports import AttemptRow, JobRow, ProjectionUnavailable, ProjectionUpdate, TimerRow
 from app.services.rebuild import JobBundle, Side
 
@@ -95,17 +95,13 @@ def _pair(live: Table, metadata: MetaData, pg: bool) -> _Pair:
     return _Pair(live, fresh)
 
 
-class SqlRebuildTables:
+class SqlRebuildTables(EngineHolder):
     """RebuildTarget on the projection database (PostgreSQL or SQLite)."""
 
     def __init__(
         self, engine_or_url: AsyncEngine | str, *, page_size: int = DEFAULT_PAGE_SIZE
     ) -> None:
-        self._owns_engine = isinstance(engine_or_url, str)
-        self._engine = (
-            make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-        )
-        self._writer = self._engine.execution_options(**{BEGIN_IMMEDIATE: True})
+        super().__init__(engine_or_url)
         self._page_size = page_size
         self._pg = self._engine.dialect.name == "postgresql"
         metadata = MetaData()
@@ -242,11 +238,6 @@ class SqlRebuildTables:
         with _driver_errors("listing tables"):
             async with self._engine.connect() as conn:
                 return await conn.run_sync(names)
-
-    async def close(self) -> None:
-        """Dispose of the engine if this adapter created it."""
-        if self._owns_engine:
-            await self._engine.dispose()
 
 
 def _values(row: object, names: Sequence[str]) -> dict[str, Any]:

@@ -46,6 +46,28 @@ def make_engine(url: str | URL) -> AsyncEngine:
     )
 
 
+class EngineHolder:
+    """The engine of a SQL adapter: borrowed when given one, or made from a URL and then owned
+    (``close`` disposes of only an owned one). ``_writer`` begins SQLite writes IMMEDIATE."""
+
+    def __init__(self, engine_or_url: AsyncEngine | str) -> None:
+        self._owns_engine = isinstance(engine_or_url, str)
+        self._engine = (
+            make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+        )
+        self._writer = self._engine.execution_options(**{BEGIN_IMMEDIATE: True})
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """To share with another adapter of the same database (one pool, not several)."""
+        return self._engine
+
+    async def close(self) -> None:
+        """Dispose of the engine if this adapter made it."""
+        if self._owns_engine:
+            await self._engine.dispose()
+
+
 def _sqlite_engine(url: URL) -> AsyncEngine:
     engine = create_async_engine(url, connect_args={"timeout": _SQLITE_TIMEOUT_SECONDS})
     event.listen(engine.sync_engine, "connect", _sqlite_on_connect)

@@ -25,7 +25,7 @@ from app.adapters.sql_models import (
     outbox,
     timers,
 )
-from app.adapters.sql_schema import BEGIN_IMMEDIATE, make_engine
+from app.adapters.sql_schema import EngineHolder
 from app.ports import (
     AttemptRow,
     JobRow,
@@ -133,7 +133,7 @@ def _set_all(statement: Any, table: Table) -> dict[str, Any]:
     return {c.name: statement.excluded[c.name] for c in table.columns if not c.primary_key}
 
 
-class SqlProjectionStore:
+class SqlProjectionStore(EngineHolder):
     """ProjectionStore on PostgreSQL or SQLite; an invalid row makes ``apply`` raise ValueError.
 
     ``apply`` raises ``ValueError`` (and commits nothing) when the database rejects a row (a None
@@ -148,11 +148,7 @@ class SqlProjectionStore:
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
-        self._owns_engine = isinstance(engine_or_url, str)
-        self._engine = (
-            make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-        )
-        self._writer = self._engine.execution_options(**{BEGIN_IMMEDIATE: True})
+        super().__init__(engine_or_url)
         self._page_size = page_size
 
     async def apply(
@@ -367,11 +363,6 @@ class SqlProjectionStore:
             async with self._engine.connect() as conn:
                 value: str | None = await conn.scalar(query)
         return value
-
-    async def close(self) -> None:
-        """Dispose of the engine if this store created it."""
-        if self._owns_engine:
-            await self._engine.dispose()
 
 
 def _outbox_values(message: OutboxMessage, now: datetime) -> dict[str, Any]:
