@@ -156,20 +156,33 @@ def dead_letter(env: dict[str, str], message: str) -> str:
     return job
 
 
+# The page re-renders its tables and counters on every poll, so an element found by one WebDriver
+# call can be gone by the next (StaleElementReferenceException). Each read below is one script run
+# in the page, between two renders, and returns plain values.
+
+
 def polls(driver: WebDriver) -> int:
-    return int(driver.find_element(By.TAG_NAME, "body").get_attribute("data-polls") or 0)
+    value = driver.execute_script("return document.body.dataset.polls || '0'")
+    return int(value)
 
 
 def completed(driver: WebDriver) -> int:
-    text = driver.find_element(By.ID, "count-completed").text
+    text = driver.execute_script(
+        "const e = document.getElementById('count-completed'); return e ? e.innerText : ''"
+    )
     return int(text) if text.isdigit() else -1
 
 
+ROWS = """
+return Array.from(document.querySelectorAll('#' + arguments[0] + ' tr'), row =>
+    Array.from(row.querySelectorAll('td'), cell => cell.innerText.trim()));
+"""
+
+
 def row_of(driver: WebDriver, tbody: str, job: str) -> list[str]:
-    for row in driver.find_elements(By.CSS_SELECTOR, f"#{tbody} tr"):
-        cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+    for cells in driver.execute_script(ROWS, tbody):
         if cells and cells[0] == job:
-            return cells
+            return list(cells)
     return []
 
 
@@ -206,8 +219,11 @@ def test_the_dashboard_updates_live_in_a_real_browser(
         assert cells[1:5] == ["non_retryable", "bad_input", "the prompt is empty", "cpu"]
         wait.until(lambda d: "jobtrail.work.gpu-a.sync" in d.find_element(By.ID, "queue-rows").text)
         assert browser.find_element(By.ID, "queues-unavailable").text == ""
-        bars = browser.find_elements(By.CSS_SELECTOR, "#throughput rect[data-outcome]")
-        assert {bar.get_attribute("data-outcome") for bar in bars} >= {"completed", "failed"}
+        outcomes = browser.execute_script(  # the chart is a new <svg> at every poll
+            "return Array.from(document.querySelectorAll('#throughput rect[data-outcome]'),"
+            " bar => bar.dataset.outcome)"
+        )
+        assert set(outcomes) >= {"completed", "failed"}
         assert browser.find_element(By.ID, "failure-rate").text.endswith("%")
         SCREENSHOT.parent.mkdir(exist_ok=True)
         assert browser.save_screenshot(str(SCREENSHOT))
