@@ -49,6 +49,8 @@ def _queue_name(value: str) -> str:
 
 def _utc_representable(value: datetime) -> datetime:
     """An instant that has a UTC form (``0001-01-01T00:00+14:00`` has none)."""
+    if 1 < value.year < 9999:  # offsets are under a day: only the first and last years overflow
+        return value
     try:
         value.astimezone(UTC)
     except OverflowError:

@@ -25,7 +25,20 @@ RecordBatch = Callable[[Sequence[JobEvent]], Awaitable[object]]
 
 
 def rejection_reason(body: bytes) -> tuple[JobEvent | None, str | None]:
-    """The decoded event, or why the message cannot be accepted (one line, no secrets)."""
+    """The decoded event, or why the message cannot be accepted (one line, no secrets).
+
+    pydantic's own JSON parser validates the bytes in one pass; only a body it refuses goes
+    through the step-by-step diagnosis that names the first thing wrong with it. The two agree
+    on what they accept (tests/unit/test_rejection_reason.py).
+    """
+    try:
+        return parse_event(body), None
+    except ValidationError:
+        return diagnose(body)
+
+
+def diagnose(body: bytes) -> tuple[JobEvent | None, str | None]:
+    """``rejection_reason`` step by step: UTF-8, then JSON (Python's parser), then the event."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -142,6 +155,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + linger
         while len(batch) < self.max_size:
+            if not self._queue.empty():  # what is already there, without a timer per event
+                batch.append(self._queue.get_nowait())
+                continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

@@ -332,11 +332,23 @@ def test_work_queue_names_rabbitmq_refuses_are_rejected(queue: str, message: str
         parse_event(json.dumps(data))
 
 
-def test_an_instant_without_a_utc_form_is_rejected() -> None:
+@pytest.mark.parametrize(
+    "instant", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-00:01"]
+)
+def test_an_instant_without_a_utc_form_is_rejected(instant: str) -> None:
     data = json.loads(canonical_json(_submitted_for_queue("q")))
-    data["occurred_at"] = "0001-01-01T00:00:00+14:00"
+    data["occurred_at"] = instant
     with pytest.raises(ValidationError, match="out of range once converted to UTC"):
         parse_event(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "instant", ["0001-01-01T00:00:00-14:00", "9999-12-31T23:59:59+14:00", "0001-01-01T00:00:00Z"]
+)
+def test_the_first_and_last_years_are_accepted_where_they_have_a_utc_form(instant: str) -> None:
+    data = json.loads(canonical_json(_submitted_for_queue("q")))
+    data["occurred_at"] = instant
+    assert parse_event(json.dumps(data)).occurred_at == datetime.fromisoformat(instant)
 
 
 def test_nul_characters_are_rejected_in_names_and_texts() -> None:
