@@ -187,7 +187,7 @@ def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) ->
             await tracking.ring.arrive(index, message.barrier)
             await acks.ack(message.raw)
             return
-        async with ingestor.delivery(index):
+        with ingestor.delivery(index):
             try:
                 await ingestor.accept(message.body, keyed=message.keyed, partition=index)
             except DeliveryAbandoned:

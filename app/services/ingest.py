@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -207,15 +206,20 @@ class Ingestor:
     _in_flight: dict[int, int] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @asynccontextmanager
-    async def delivery(self, partition: int) -> AsyncIterator[None]:
-        """Wrap the handling of one delivery of ``partition``, up to and including its ack."""
+    def delivery(self, partition: int) -> _Delivery:
+        """Wrap the handling of one delivery of ``partition``, up to and including its ack.
+
+        A plain (synchronous) context manager: entering and leaving never wait, and one is
+        made per message.
+        """
+        return _Delivery(self, partition)
+
+    def _begin(self, partition: int) -> None:
         self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
-        try:
-            yield
-        finally:
-            self._in_flight[partition] -= 1
-            self._changed.set()
+
+    def _end(self, partition: int) -> None:
+        self._in_flight[partition] -= 1
+        self._changed.set()
 
     async def settled(self, partition: int) -> None:
         """Wait until every delivery of ``partition`` in flight is done, except the held ones.
@@ -285,3 +289,18 @@ class Ingestor:
                     held.remove(pending)  # its message stays unacknowledged: never recorded
                 raise
             raise DeliveryAbandoned from None
+
+
+class _Delivery:
+    """``Ingestor.delivery``: counts one delivery of a partition in flight while inside."""
+
+    __slots__ = ("ingestor", "partition")
+
+    def __init__(self, ingestor: Ingestor, partition: int) -> None:
+        self.ingestor, self.partition = ingestor, partition
+
+    def __enter__(self) -> None:
+        self.ingestor._begin(self.partition)
+
+    def __exit__(self, *_exc: object) -> None:
+        self.ingestor._end(self.partition)

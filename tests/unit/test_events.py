@@ -332,9 +332,7 @@ def test_work_queue_names_rabbitmq_refuses_are_rejected(queue: str, message: str
         parse_event(json.dumps(data))
 
 
-@pytest.mark.parametrize(
-    "instant", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-00:01"]
-)
+@pytest.mark.parametrize("instant", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-00:01"])
 def test_an_instant_without_a_utc_form_is_rejected(instant: str) -> None:
     data = json.loads(canonical_json(_submitted_for_queue("q")))
     data["occurred_at"] = instant

@@ -123,7 +123,7 @@ class Node:
 
     async def deliver(self, partition: int, event: JobEvent) -> None:
         """What the worker's handler does with one delivery."""
-        async with self.ingestor.delivery(partition):
+        with self.ingestor.delivery(partition):
             await self.ingestor.accept(event.model_dump_json().encode(), partition=partition)
 
 
