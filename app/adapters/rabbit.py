@@ -97,6 +97,7 @@ class RabbitPublisher:
         self._channel: AbstractRobustChannel | None = None
         self._declared: set[str] = set()
         self._lock = asyncio.Lock()
+        self._opening = asyncio.Lock()
         self._on_reconnect: list[Callable[[], None]] = []
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
@@ -191,6 +192,8 @@ class RabbitPublisher:
         if queue in self._declared:
             return
         async with self._lock:
+            if queue in self._declared:  # declared while this publish waited (they overlap)
+                return
             channel = await self._live_channel()
             try:
                 await channel.declare_queue(
@@ -204,11 +207,15 @@ class RabbitPublisher:
             self._declared.add(queue)
 
     async def _live_channel(self) -> AbstractRobustChannel:
-        if self._connection is None:
-            await self.connect()
-        if self._channel is None or self._channel.is_closed:
-            self._channel = await self._open_channel()
-        return self._channel
+        channel = self._channel
+        if self._connection is not None and channel is not None and not channel.is_closed:
+            return channel
+        async with self._opening:  # overlapping publishes open one channel, not one each
+            if self._connection is None:
+                await self.connect()
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await self._open_channel()
+            return self._channel
 
     async def _open_channel(self) -> AbstractRobustChannel:
         assert self._connection is not None

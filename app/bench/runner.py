@@ -53,9 +53,9 @@ class BenchOptions:
     read_jobs: int = 0
     """Pad the projection to this many jobs (synthetic rows) before the read figures."""
     memory_events: int = 0
+    """Measure memory once over a log of its own of this many events (0: the rebuild log)."""
     trackers: int = 2
     """Also measure ingestion by 1 and by this many ``jobtrail serve`` processes (0: skip)."""
-    """Measure memory once over a log of its own of this many events (0: the rebuild log)."""
 
 
 @dataclass

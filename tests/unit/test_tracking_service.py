@@ -329,8 +329,10 @@ async def test_a_refused_outbox_row_holds_back_only_its_own_job() -> None:
     assert [m.event_id for m in publisher.published] == ["e3", "e4"]
     assert relay.parked == 1
     assert [m.event_id for m in await store.pending_outbox(10)] == ["e1", "e2"]
+    # Tried among the others, then once on its own (it might have failed for a neighbour).
+    assert publisher.attempts.count("e1") == 2 and "e2" not in publisher.attempts
     assert await relay.drain_once() == 0, "parked: not tried again before its delay"
-    assert publisher.attempts.count("e1") == 1
+    assert publisher.attempts.count("e1") == 2
     await asyncio.sleep(0.15)
     publisher.refused.clear()  # the operator fixed the broker's permissions
     assert await relay.drain_once() == 2
@@ -345,5 +347,53 @@ async def test_failures_one_after_another_mean_the_broker_is_down() -> None:
     relay = OutboxRelay(store, publisher, FakeClock(), max_failures=3)
     with pytest.raises(PublishFailed):
         await relay.drain_once()
-    assert publisher.attempts == ["e1", "e2", "e3"], "the pass ends after 3 failures in a row"
+    concurrent, one_by_one = publisher.attempts[:5], publisher.attempts[5:]
+    assert sorted(concurrent) == ["e1", "e2", "e3", "e4", "e5"]
+    assert one_by_one == ["e1", "e2", "e3"], "the pass ends after 3 failures in a row"
     assert relay.parked == 0, "nothing is parked for a broker-wide failure"
+    assert len(await store.pending_outbox(10)) == 5
+
+
+class ChannelClosingPublisher(FakePublisher):
+    """Publishes wait for their confirm; refusing one message closes the channel, failing
+    every publish in flight with it (RabbitMQ's channel errors do that)."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+        self.in_flight: set[str] = set()
+        self.most_in_flight = 0
+        self.closed = False
+        self.attempts: list[str] = []
+
+    async def publish(self, message: OutboxMessage) -> None:
+        self.attempts.append(message.event_id)
+        self.in_flight.add(message.event_id)
+        self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        try:
+            await asyncio.sleep(0)  # waiting for the confirm: the others are sent meanwhile
+            self.closed = self.closed or message.event_id == self.poison
+            await asyncio.sleep(0)
+            if self.closed:
+                raise PublishFailed("CHANNEL_ERROR: channel closed")
+            self.published.append(message)
+        finally:
+            self.in_flight.discard(message.event_id)
+            if not self.in_flight:
+                self.closed = False  # the next publish opens a new channel
+
+
+async def test_publishes_overlap_and_a_refusal_does_not_park_its_neighbours() -> None:
+    store = InMemoryProjectionStore()
+    rows = [outbox_row(n, f"j{n}", "q") for n in range(1, 9)]
+    rows += [outbox_row(9, "j1", "q")]  # the first job's second message: after e1, never before
+    await _seed_outbox(store, rows)
+    publisher = ChannelClosingPublisher(poison="e4")
+    relay = OutboxRelay(store, publisher, FakeClock(), park_initial=60)
+    assert await relay.drain_once() == 8
+    assert publisher.most_in_flight == 8, "one message per job in flight at once"
+    assert relay.parked == 1, "only the refused message is parked"
+    assert [m.event_id for m in await store.pending_outbox(10)] == ["e4"]
+    published = [m.event_id for m in publisher.published]
+    assert sorted(published) == sorted(f"e{n}" for n in (1, 2, 3, 5, 6, 7, 8, 9))
+    assert published.index("e1") < published.index("e9"), "a job's messages stay in order"
