@@ -221,6 +221,15 @@ class ProjectionStore(Protocol):
         """The earliest ``due_at`` of any timer."""
         ...
 
+    async def next_claimable_at(self, now: datetime) -> datetime | None:
+        """The earliest moment ``claim_due_timers`` can claim a timer: its ``due_at``, or the
+        end of its claim if that is later; None when there are no timers.
+
+        Claims are counted on timers due by ``now`` (a claim is only ever taken on a due timer;
+        one due later exists only when trackers' clocks disagree, and is then left out).
+        """
+        ...
+
     async def pending_outbox(self, limit: int) -> list[OutboxMessage]:
         """Unpublished outbox messages, oldest first."""
         ...

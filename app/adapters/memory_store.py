@@ -135,6 +135,14 @@ class InMemoryProjectionStore:
         """The earliest ``due_at`` of any timer."""
         return min((t.due_at for t in self._timers.values()), default=None)
 
+    async def next_claimable_at(self, now: datetime) -> datetime | None:
+        """The earliest moment a timer can be claimed (its due time or its claim's end)."""
+        moments = [
+            max(t.due_at, self._claims.get(t.job_id, t.due_at)) if t.due_at <= now else t.due_at
+            for t in self._timers.values()
+        ]
+        return min(moments, default=None)
+
     async def pending_outbox(self, limit: int) -> list[OutboxMessage]:
         """Unpublished outbox messages, oldest ``created_at`` first, then by event_id."""
         pending = [m for m in self._outbox.values() if m.event_id not in self._published]

@@ -333,6 +333,24 @@ class SqlProjectionStore(EngineHolder):
                 value: datetime | None = await conn.scalar(select(func.min(timers.c.due_at)))
         return value
 
+    async def next_claimable_at(self, now: datetime) -> datetime | None:
+        """The earliest moment a timer can be claimed (its due time or its claim's end).
+
+        Two reads through the due_at index: the earliest timer held by no claim counted (none,
+        one ending before it is due, or one on a timer not due by ``now``), and the earliest
+        end of a claim on a timer due by ``now``.
+        """
+        c = timers.c
+        free = or_(c.claimed_until.is_(None), c.claimed_until <= c.due_at, c.due_at > now)
+        unheld = select(c.due_at).where(free).order_by(c.due_at).limit(1)
+        held = select(func.min(c.claimed_until)).where(c.due_at <= now, c.claimed_until > c.due_at)
+        query = select(unheld.scalar_subquery(), held.scalar_subquery())
+        with _driver_errors("reading the next timer"):
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(query)).one()
+        moments: list[datetime] = [m for m in row if m is not None]
+        return min(moments, default=None)
+
     async def pending_outbox(self, limit: int) -> list[OutboxMessage]:
         """Unpublished outbox messages, oldest ``created_at`` first, then by event_id."""
         query = (

@@ -213,9 +213,11 @@ async def timer_lag(
         background = _reserved_jobs(jobs - probes, lease=3600.0)
         for start in range(0, len(background), APPEND_CHUNK):
             await tracker.record(background[start : start + APPEND_CHUNK])
-        # The loops run while the probes are recorded, as in a live tracker.
+        # The loops run while the probes are recorded, as in a live tracker, at the tracker's
+        # setting (JOBTRAIL_TIMER_INTERVAL_MS, default 250 ms).
+        interval = settings.timer_interval_ms / 1000
         tasks = [
-            asyncio.create_task(TimerLoop(tracker, Health(), interval=0.1).run()),
+            asyncio.create_task(TimerLoop(tracker, Health(), interval=interval).run()),
             asyncio.create_task(relay.run()),
         ]
         events = _reserved_jobs(probes, lease=lease)

@@ -23,16 +23,24 @@ log = logging.getLogger("jobtrail.relay")
 
 @dataclass
 class TimerLoop:
-    """Fires due lease, TTL and cooldown deadlines through the tracker, within ``interval``."""
+    """Fires due lease, TTL and cooldown deadlines through the tracker.
+
+    When nothing is due it sleeps until the next timer can be claimed, but never longer than
+    ``interval``: timers that events set meanwhile (or other trackers release) are seen within
+    it. A deadline is thus fired as it passes, not up to an interval later.
+    """
 
     tracker: Tracker
     health: Health
     interval: float = 0.25
+    min_pause: float = 0.001
+    """The shortest idle sleep (clock differences must not make the loop spin)."""
 
     async def run(self) -> None:
         while True:
             try:
                 fired = await self.tracker.fire_due_timers()
+                pause = await self.idle_pause() if fired == 0 else 0.0
             except StoreUnavailable as exc:
                 self.health.degraded_reason = f"store unavailable: {exc}"
                 log.warning("timer loop: store unavailable: %s", exc)
@@ -42,8 +50,17 @@ class TimerLoop:
                 log.exception("timer loop failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            if fired == 0:
-                await asyncio.sleep(self.interval)
+            if pause:
+                await asyncio.sleep(pause)
+
+    async def idle_pause(self) -> float:
+        """Seconds until the next timer can be claimed, within ``[min_pause, interval]``."""
+        now = self.tracker.clock.now()
+        at = await self.tracker.store.next_claimable_at(now)
+        if at is None:
+            return self.interval
+        wait = (at - now).total_seconds()
+        return min(max(wait, self.min_pause), self.interval)
 
 
 @dataclass

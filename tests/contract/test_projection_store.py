@@ -240,6 +240,39 @@ class ProjectionStoreContract:
         assert await store.due_timers(T0 + timedelta(hours=1), 10) == []
         assert await store.next_timer_at() is None
 
+    async def test_the_next_claimable_moment_counts_claims(self, store: Store) -> None:
+        now = T0 + timedelta(hours=1)  # every timer here is due by then
+        assert await store.next_claimable_at(now) is None
+        hold = timedelta(seconds=10)
+        five = T0 + timedelta(seconds=5)
+        await store.apply(
+            [ProjectionUpdate(job=job(j), timer=timer(j, at)) for j, at in (("a", T0), ("b", five))]
+        )
+        assert await store.next_claimable_at(now) == T0
+        assert [t.job_id for t in await store.claim_due_timers(T0, 10, hold)] == ["a"]
+        assert await store.next_claimable_at(now) == five, "a is held: b comes first"
+        assert [t.job_id for t in await store.claim_due_timers(five, 10, hold)] == ["b"]
+        assert await store.next_claimable_at(now) == T0 + hold, "a's claim ends first"
+        await store.apply([ProjectionUpdate(job=job("a", last_seq=2), timer=None)])
+        assert await store.next_claimable_at(now) == five + hold
+        await store.apply([ProjectionUpdate(job=job("b", last_seq=2), timer=timer("b", five))])
+        assert await store.next_claimable_at(now) == five, "a new timer row is not claimed"
+
+    async def test_claims_count_on_timers_due_by_now(self, store: Store) -> None:
+        later = T0 + timedelta(minutes=1)
+        await store.apply(
+            [
+                ProjectionUpdate(job=job(j), timer=timer(j, at))
+                for j, at in (("a", T0), ("b", later))
+            ]
+        )
+        # A tracker whose clock runs a minute ahead holds both for an hour.
+        assert len(await store.claim_due_timers(later, 10, timedelta(hours=1))) == 2
+        assert await store.next_claimable_at(later) == later + timedelta(hours=1)
+        assert await store.next_claimable_at(T0) == later, (
+            "b is not due by T0: its claim is left out"
+        )
+
     async def test_claimed_timers_are_skipped_until_the_claim_ends(self, store: Store) -> None:
         hold = timedelta(seconds=10)
         await store.apply([ProjectionUpdate(job=job(j), timer=timer(j, T0)) for j in ("a", "b")])

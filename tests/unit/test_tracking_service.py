@@ -10,15 +10,22 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.adapters.clock import SystemClock
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_store import InMemoryProjectionStore
 from app.domain.events import Failed, JobEvent, Reserved, Submitted
 from app.domain.policy import Policy
-from app.ports import LogUnavailable, OutboxMessage, ProjectionUpdate, PublishFailed
+from app.ports import (
+    LogUnavailable,
+    OutboxMessage,
+    ProjectionUpdate,
+    PublishFailed,
+    TimerRow,
+)
 from app.services.broker_signals import broker_dead_letter
 from app.services.ingest import Batcher, Health, Ingestor, rejection_reason
 from app.services.projection import job_row
-from app.services.relay import OutboxRelay
+from app.services.relay import OutboxRelay, TimerLoop
 from app.services.replay import replay_decisions
 from app.services.tracking import Tracker, fold_history
 from tests.contract.test_projection_store import job as contract_job
@@ -397,3 +404,47 @@ async def test_publishes_overlap_and_a_refusal_does_not_park_its_neighbours() ->
     published = [m.event_id for m in publisher.published]
     assert sorted(published) == sorted(f"e{n}" for n in (1, 2, 3, 5, 6, 7, 8, 9))
     assert published.index("e1") < published.index("e9"), "a job's messages stay in order"
+
+
+async def test_the_idle_timer_loop_sleeps_until_the_next_claimable_timer(parts) -> None:  # type: ignore[no-untyped-def]
+    tracker, _, store, clock = parts
+    loop = TimerLoop(tracker, Health(), interval=5.0)
+    assert await loop.idle_pause() == 5.0, "no timers: the interval"
+    soon = TimerRow("j", T0 + timedelta(seconds=0.05), "lease")
+    await store.apply([ProjectionUpdate(job=contract_job("j"), timer=soon)])
+    assert await loop.idle_pause() == pytest.approx(0.05)
+    clock.at = T0 + timedelta(seconds=1)
+    assert await loop.idle_pause() == loop.min_pause, "overdue: no sleep to speak of"
+    await store.claim_due_timers(clock.at, 10, timedelta(seconds=10))  # another tracker's
+    assert await loop.idle_pause() == 5.0, "held for 10 s: the interval"
+    clock.at = T0 + timedelta(seconds=10.98)
+    assert await loop.idle_pause() == pytest.approx(0.02), "until the claim ends"
+
+
+class ClaimLog(InMemoryProjectionStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed: list[str] = []
+
+    async def claim_due_timers(self, now: datetime, limit: int, hold: timedelta) -> list[TimerRow]:
+        rows = await super().claim_due_timers(now, limit, hold)
+        self.claimed += [t.job_id for t in rows]
+        return rows
+
+
+async def test_a_timer_fires_as_it_comes_due_not_an_interval_later() -> None:
+    store = ClaimLog()
+    tracker = Tracker(InMemoryEventLog(), store, POLICY, SystemClock())
+    due = datetime.now(UTC) + timedelta(seconds=0.3)
+    await store.apply([ProjectionUpdate(job=contract_job("j"), timer=TimerRow("j", due, "lease"))])
+    task = asyncio.create_task(TimerLoop(tracker, Health(), interval=60.0).run())
+    try:
+        for _ in range(1000):  # up to 10 s; with a 60 s interval only the timer can wake it
+            if store.claimed:
+                break
+            await asyncio.sleep(0.01)
+        assert store.claimed == ["j"]
+        assert datetime.now(UTC) >= due
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
