@@ -19,6 +19,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from app.adapters.memory_log import (
     DEFAULT_PAGE_SIZE,
     MAX_APPEND_TRIES,
+    DecodedEntries,
     appended,
     chain_entry,
     conflict_pause,
@@ -103,6 +104,7 @@ class MongoEventLog:
             db = self._client.get_database(database)
         self._events = db.get_collection(COLLECTION)
         self._page_size = page_size
+        self._decoded = DecodedEntries()
 
     async def ensure_schema(self) -> None:
         with _translated("creating indexes"):
@@ -221,7 +223,7 @@ class MongoEventLog:
         found: dict[str, list[RecordedEvent]] = {job_id: [] for job_id in job_ids}
         if found:
             for entry in await self._find({"job_id": {"$in": list(found)}}):
-                found[entry.job_id].append(decode_entry(entry))
+                found[entry.job_id].append(self._decoded.decode(entry))
         return found
 
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:

@@ -37,6 +37,7 @@ from sqlalchemy.sql.selectable import TextualSelect
 from app.adapters.memory_log import (
     DEFAULT_PAGE_SIZE,
     MAX_APPEND_TRIES,
+    DecodedEntries,
     appended,
     chain_entry,
     conflict_pause,
@@ -151,6 +152,7 @@ class SqlEventLog:
             raise ValueError("page_size must be at least 1")
         self._engine = _engine(async_url(url))
         self._page_size = page_size
+        self._decoded = DecodedEntries()
 
     async def ensure_schema(self) -> None:
         try:
@@ -251,7 +253,7 @@ class SqlEventLog:
                 query = select(*_RAW).where(_c.job_id.in_(chunk)).order_by(_c.job_id, _c.seq)
                 rows = await self._fetch(query, "read")
             for row in rows:
-                found[row.job_id].append(decode_entry(_stored(row)))
+                found[row.job_id].append(self._decoded.decode(_stored(row)))
         return found
 
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
