@@ -1,6 +1,6 @@
 FROM python:3.11-slim
 WORKDIR /srv/jobtrail
-COPY pyproject.toml constraints.txt README.md alembic.ini ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY app ./app
 COPY migrations ./migrations
 RUN pip install --no-cache-dir -c constraints.txt .

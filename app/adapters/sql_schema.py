@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import as_file, files
 from typing import Any
 
 from alembic import command
@@ -12,10 +12,10 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-import app
 from app.ports import ProjectionUnavailable
 
-ROOT = Path(app.__file__).resolve().parent.parent
+MIGRATIONS_PACKAGE = "app.migrations"
+"""Where the Alembic scripts are: ``migrations/`` of the repository, installed under this name."""
 BEGIN_IMMEDIATE = "jobtrail_begin_immediate"
 """Execution option: on SQLite, open write transactions with ``BEGIN IMMEDIATE``."""
 
@@ -95,12 +95,25 @@ def _sqlite_on_begin(conn: Connection) -> None:
 
 
 def alembic_config() -> Config:
-    """The Alembic configuration of this repository, independent of the working directory."""
-    ini = ROOT / "alembic.ini"
-    config = Config(str(ini)) if ini.exists() else Config()
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    """The Alembic configuration of the installed package, independent of the working directory.
+
+    The scripts are found through ``importlib.resources``, so an editable checkout, a wheel and
+    the Docker image migrate alike; no alembic.ini is needed (it serves the ``alembic`` command
+    in a checkout only).
+    """
+    config = Config()
+    config.set_main_option("script_location", migrations_dir())
+    config.set_main_option("path_separator", "os")
     config.attributes["configure_logger"] = False
     return config
+
+
+def migrations_dir() -> str:
+    """The directory of the Alembic scripts (an installed package is always a real directory)."""
+    with as_file(files(MIGRATIONS_PACKAGE)) as path:
+        if not (path / "env.py").is_file():
+            raise ProjectionUnavailable(f"the Alembic scripts are missing from {path}")
+        return str(path)
 
 
 async def migrate(url: str | URL) -> None:

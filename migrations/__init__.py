@@ -1,0 +1,1 @@
+"""Alembic migrations of the Jobtrail SQL schema, installed as ``app.migrations``."""
