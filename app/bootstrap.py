@@ -12,6 +12,7 @@ from importlib import resources
 
 from app.adapters.clock import SystemClock
 from app.adapters.log_factory import open_event_log
+from app.adapters.preflight import Check, check_broker, check_mongo, check_sql
 from app.adapters.rabbit import RabbitPublisher
 from app.adapters.rabbit_ring import RabbitRing
 from app.adapters.sql_barriers import SqlBarrierStore
@@ -74,6 +75,26 @@ async def prepare_storage(settings: Settings) -> None:
         _ensure_sqlite_dir(settings.log_url)
         if settings.log_url != settings.sql_url:
             await migrate(settings.log_url)
+
+
+async def preflight(settings: Settings, *, migrated: bool) -> list[Check]:
+    """Every precondition of the broker and the stores, checked concurrently, in a fixed order.
+
+    ``migrated`` asks for the newest schema too (``doctor``); ``serve`` migrates by itself.
+    """
+    for url in (settings.sql_url, settings.log_url):
+        _ensure_sqlite_dir(url)
+    log_check = (
+        check_mongo(settings.log_url)
+        if settings.uses_mongo
+        else check_sql(settings.log_url, "event log", migrated=migrated)
+    )
+    broker, store, event_log = await asyncio.gather(
+        check_broker(settings.rabbit_url),
+        check_sql(settings.sql_url, "projections", migrated=migrated),
+        log_check,
+    )
+    return [*broker, store, event_log]
 
 
 def _ensure_sqlite_dir(url: str) -> None:

@@ -22,6 +22,7 @@ from app.entrypoints import (  # noqa: F401 - these modules register their comma
     audit_cli,
     bench_cli,
     demo_cli,
+    doctor_cli,
     logs,
     operator_cli,
 )
@@ -66,6 +67,7 @@ async def _serve(settings: Settings) -> int:
             _redact(settings.log_url),
         )
     sock = listen(settings.http_host, settings.http_port)  # a taken port fails before anything runs
+    await doctor_cli.refuse_to_start(settings)
     await prepare_storage(settings)
     tracking = build_tracking(settings)
     metrics = Metrics()
