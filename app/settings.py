@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
+SQL_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres")
+MONGO_SCHEMES = ("mongodb", "mongodb+srv")
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def _known_url(url: str, schemes: tuple[str, ...], what: str) -> str:
+    if _scheme(url) not in schemes:
+        named = _scheme(url) or "no scheme"
+        raise ValueError(f"{what} must start with one of {', '.join(schemes)}:// (got {named})")
+    return url
 
 
 class Settings(BaseSettings):
@@ -33,6 +47,18 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=10.0, ge=0, le=10000)
     timer_interval_ms: float = Field(default=250.0, gt=0, le=10000)
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "plain"] = "auto"
+    """``auto``: one plain line per record on a terminal, JSON lines otherwise."""
+
+    @field_validator("log_url")
+    @classmethod
+    def _log_url_is_known(cls, url: str) -> str:
+        return _known_url(url, MONGO_SCHEMES + SQL_SCHEMES, "the event log URL")
+
+    @field_validator("sql_url")
+    @classmethod
+    def _sql_url_is_known(cls, url: str) -> str:
+        return _known_url(url, SQL_SCHEMES, "the SQL URL")
 
     @property
     def uses_mongo(self) -> bool:

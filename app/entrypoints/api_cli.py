@@ -115,7 +115,7 @@ def api() -> None:
 async def _api(settings: Settings) -> int:
     tokens = load_tokens()
     readers = open_readers(settings)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -51,7 +52,7 @@ log = logging.getLogger("jobtrail")
 def serve() -> None:
     """Run the tracker: migrations, subscribers, timers and the outbox relay, until SIGTERM."""
     settings = load_settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     run(lambda: _serve(settings))
 
 
@@ -236,4 +237,20 @@ def main() -> None:
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except Exception as exc:  # a bug or an unforeseen failure: one line, the traceback in the log
+        sys.exit(_unexpected(exc))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unexpected(exc: Exception) -> int:
+    """Say an unexpected error in one line; log its traceback at DEBUG level."""
+    if os.environ.get("JOBTRAIL_LOG_LEVEL", "").upper() == "DEBUG" and not logging.root.handlers:
+        logs.configure("DEBUG", os.environ.get("JOBTRAIL_LOG_FORMAT", "auto"))
+    log.debug("unexpected error", exc_info=exc)
+    summary = (str(exc).strip().splitlines() or [""])[0][:300]
+    typer.echo(
+        f"jobtrail: unexpected error: {type(exc).__name__}: {summary} "
+        "(JOBTRAIL_LOG_LEVEL=DEBUG logs the traceback)",
+        err=True,
+    )
+    return 1

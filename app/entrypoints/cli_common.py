@@ -46,7 +46,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        fail(f"invalid setting JOBTRAIL_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
+        message = first["msg"].removeprefix("Value error, ")
+        fail(f"invalid setting JOBTRAIL_{str(first['loc'][0]).upper()}: {message}", 2)
 
 
 def run(work: Callable[[], Coroutine[Any, Any, int]]) -> None:

@@ -46,6 +46,18 @@ def jobtrail(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ),
         (
             ("status", "j1"),
+            {"JOBTRAIL_LOG_URL": "foo://bar"},
+            2,
+            "jobtrail: invalid setting JOBTRAIL_LOG_URL: the event log URL must start with one of",
+        ),
+        (
+            ("status", "j1"),
+            {"JOBTRAIL_SQL_URL": "mongodb://127.0.0.1/x"},
+            2,
+            "jobtrail: invalid setting JOBTRAIL_SQL_URL: the SQL URL must start with one of",
+        ),
+        (
+            ("status", "j1"),
             {"JOBTRAIL_SQL_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/x"},
             3,
             "jobtrail: ",
@@ -94,3 +106,38 @@ def test_a_bad_policy_file_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "max_attempts" in result.stderr
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from app.entrypoints import cli
+
+    async def broken(*_: object) -> int:
+        raise RuntimeError("the unforeseen\nsecond line")
+
+    monkeypatch.setattr(cli, "with_readers", broken)
+    monkeypatch.setattr("sys.argv", ["jobtrail", "status", "j1"])
+    monkeypatch.setenv("JOBTRAIL_SQL_URL", f"sqlite+aiosqlite:///{tmp_path}/p.db")
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "jobtrail: unexpected error: RuntimeError: the unforeseen "
+        "(JOBTRAIL_LOG_LEVEL=DEBUG logs the traceback)"
+    ]
+
+
+def test_serve_logs_plain_lines_when_asked(tmp_path: Path) -> None:
+    result = jobtrail(
+        "serve",
+        JOBTRAIL_LOG_FORMAT="plain",
+        JOBTRAIL_RABBIT_URL="amqp://guest:guest@127.0.0.1:1/",
+        JOBTRAIL_SQL_URL=f"sqlite+aiosqlite:///{tmp_path}/p.db",
+        JOBTRAIL_LOG_URL=f"sqlite+aiosqlite:///{tmp_path}/l.db",
+        JOBTRAIL_HTTP_PORT="0",
+    )
+    assert result.returncode == 2
+    (warning,) = [line for line in result.stderr.splitlines() if "EMBEDDED MODE" in line]
+    assert " WARNING jobtrail: EMBEDDED MODE" in warning and not warning.startswith("{")
