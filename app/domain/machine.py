@@ -9,8 +9,8 @@ from the producer's ``occurred_at``: a skewed producer clock can neither expire 
 stretch one. A report that waited in a backlog or through an outage starts (or extends) its lease
 when Jobtrail records it, so recording it late never yields a lease already run out; under a
 steady backlog the tracker sees the whole stream shifted by its lag, every deadline with it. (A
-lag that grows by more than the gap between a node's reports can still let a lease run out before
-the next report is recorded, as a report lost on the way would.)
+lag that grows between two reports by more than the lease's slack, the lease minus their gap, can
+still let the lease run out before the second is recorded, as a report lost on the way would.)
 
 An event recorded long after it occurred is therefore lag, not a fault: only an ``occurred_at``
 *ahead* of ``recorded_at`` by more than the policy's tolerance is impossible for a correct clock,

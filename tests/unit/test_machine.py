@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from app.domain.chain import GENESIS_HASH, RecordedEvent
+from app.domain.decide import Deadline, decide, next_deadline
 from app.domain.events import (
     DeadLetterReason,
     ExpiryReason,
@@ -17,7 +18,6 @@ from app.domain.events import (
     Priority,
     RetryOverride,
 )
-from app.domain.decide import Deadline, decide, next_deadline
 from app.domain.machine import DEFAULT_SKEW_TOLERANCE, LEASE_EXPIRED_CODE, evolve, fold
 from app.domain.state import TERMINAL, Anomaly, JobSpec, JobState, JobStatus
 from tests.unit import factories as f
