@@ -4,9 +4,18 @@
 (an unknown job, a stale attempt, a report after a terminal state, a duplicate report) changes
 nothing but the bookkeeping and is kept as an ``Anomaly`` on the state.
 
-Deadlines are measured from ``recorded_at`` (Jobtrail's clock), never from the producer's
-``occurred_at``, so a skewed producer clock cannot expire a lease early; skew beyond the policy's
-tolerance is flagged.
+Deadlines (lease, TTL, cooldown) are measured from ``recorded_at`` (Jobtrail's clock), never
+from the producer's ``occurred_at``: a skewed producer clock can neither expire a lease early nor
+stretch one. A report that waited in a backlog or through an outage starts (or extends) its lease
+when Jobtrail records it, so recording it late never yields a lease already run out; under a
+steady backlog the tracker sees the whole stream shifted by its lag, every deadline with it. (A
+lag that grows between two reports by more than the lease's slack, the lease minus their gap, can
+still let the lease run out before the second is recorded, as a report lost on the way would.)
+
+An event recorded long after it occurred is therefore lag, not a fault: only an ``occurred_at``
+*ahead* of ``recorded_at`` by more than the policy's tolerance is impossible for a correct clock,
+and only that is flagged (``clock_skew``). A producer clock running behind cannot be told from a
+backlog, and needs no flag: it changes no deadline.
 """
 
 from __future__ import annotations
@@ -59,9 +68,9 @@ def evolve(
 ) -> JobState:
     """The state after one more recorded event of the same job."""
     base = replace(state, last_seq=recorded.seq, updated_at=recorded.recorded_at)
-    if abs(recorded.event.occurred_at - recorded.recorded_at) > skew_tolerance:
-        skew = recorded.event.occurred_at - recorded.recorded_at
-        base = _flag(base, recorded, "clock_skew", f"occurred_at is {skew} from recorded_at")
+    ahead = recorded.event.occurred_at - recorded.recorded_at
+    if ahead > skew_tolerance:  # late is lag (a backlog, an outage); only ahead is a bad clock
+        base = _flag(base, recorded, "clock_skew", f"occurred_at is {ahead} ahead of recorded_at")
     outcome = _apply(base, recorded)
     if isinstance(outcome, str):
         return _flag(base, recorded, *_anomaly_kind(outcome, state))

@@ -170,6 +170,10 @@ class Policy:
 
     @property
     def clock_skew_tolerance(self) -> timedelta:
+        """How far ahead of Jobtrail's clock an ``occurred_at`` may be before it is flagged.
+
+        Only ahead: an event recorded late (a backlog, an outage) is lag, never an anomaly.
+        """
         return timedelta(seconds=self.document.clock_skew_tolerance_seconds)
 
     def section_for(self, job_type: JobType, priority: Priority, pool: str) -> Section:

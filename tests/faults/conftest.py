@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -207,6 +207,9 @@ class Census:
     types: Counter[str] = field(default_factory=Counter)
     sources: dict[str, list[tuple[str, str, str, datetime]]] = field(default_factory=dict)
     """job_id → (event_id, source, type, recorded_at) of each recorded event, in seq order."""
+    lag: timedelta = timedelta(0)
+    """The longest a producer's event waited to be recorded (recorded_at - occurred_at): lag,
+    which is never an anomaly; only an occurred_at ahead of recorded_at is ``clock_skew``."""
 
     def describe(self, jobs: list[str], limit: int = 10) -> list[dict[str, Any]]:
         """What the log says about ``jobs`` (for the artifact, when something is wrong)."""
@@ -243,6 +246,8 @@ async def take_census(env: dict[str, str], *, compare: bool = True) -> tuple[Cen
             census.sources.setdefault(recorded.job_id, []).append(
                 (str(event.event_id), event.source, event.type, recorded.recorded_at)
             )
+            if event.source != "jobtrail":
+                census.lag = max(census.lag, recorded.recorded_at - event.occurred_at)
             if isinstance(event, Retried | Rerouted | Redriven):
                 census.republishes.append((event.job_id, str(event.event_id), event.queue))
             elif isinstance(event, DeadLettered):

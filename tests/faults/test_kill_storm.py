@@ -220,10 +220,20 @@ async def _storm(
     return await publishing, killed_at
 
 
+CATCH_UP_SECONDS = 240 if SCALE.name == "short" else 1200
+"""How long the tracker may take, once the stream is sent, to record it and fire what falls due.
+
+A liveness bound, not a speed check: the wait ends as soon as every job is settled. On a busy
+machine the full storm once left the tracker ~7 minutes behind its producers; every deadline then
+falls due that much later (deadlines count from recorded_at), and a 240 s window can close with
+retries still to fire (the likely reading of that run's 3 jobs left in cooling_down)."""
+
 MUST_BE_ZERO = (
     "lost", "duplicated", "gaps", "mismatched", "outbox_pending", "unsettled_jobs", "anomalies",
-    "republishes_missing", "quarantined", "crashes", "tracebacks", "verify_exit",
+    "clock_skew", "republishes_missing", "quarantined", "crashes", "tracebacks", "verify_exit",
 )  # fmt: skip
+"""Producers stamp occurred_at as they publish: however far behind the tracker falls (a backlog
+of minutes on a busy machine, ``max_lag_seconds``), that is lag, never ``clock_skew``."""
 
 
 def test_kill_storm_loses_and_duplicates_nothing(
@@ -241,6 +251,7 @@ def test_kill_storm_loses_and_duplicates_nothing(
             stream.event_ids,
             lambda: partitions_idle(queue_depths(rabbit_url)),
             stream.unsettled,
+            timeout=CATCH_UP_SECONDS,
         )
         counts |= republish_check(rabbit_url, census) | {"quarantined": quarantined(rabbit_url)}
         verify_code, verify_out = cli(tracker.env, "verify")
@@ -251,6 +262,8 @@ def test_kill_storm_loses_and_duplicates_nothing(
         "crashes": tracker.crashes() + (stopped != 0),
         "tracebacks": tracker.tracebacks()["app"],
         "verify_exit": verify_code,
+        "max_lag_seconds": round(census.lag.total_seconds(), 1),
+        "clock_skew": census.anomalies("clock_skew"),
     }
     write_artifact("kill_storm", counts, started, event_types=dict(census.types),
                    killed_after_sent=killed_at, unsettled=census.describe(stream.unsettled(census)))  # fmt: skip

@@ -1,5 +1,5 @@
-"""Deadlines that pass while the tracker is down fire once when it is back; skewed clocks are
-flagged and never reorder a job's history."""
+"""Deadlines that pass while the tracker is down fire once when it is back; clocks ahead of the
+tracker's are flagged, events recorded late (lag) are not, and neither reorders a job's history."""
 
 from __future__ import annotations
 
@@ -113,12 +113,16 @@ SKEWED = {
     "heartbeat": timedelta(hours=5),
     "completed": timedelta(hours=-6),
 }
+BACKLOG = timedelta(minutes=10)
+"""Twice the default clock-skew tolerance: lag, never skew."""
 
 
 def _skewed_jobs(tag: str, now: datetime) -> Stream:
-    """Three jobs: clocks hours off; clocks going backwards within tolerance (not flagged); and a
-    reservation stamped 3 h ago with a 60 s lease, which must run from recorded_at."""
-    skewed, drifting, leased = f"skew-{tag}", f"drift-{tag}", f"lease-{tag}"
+    """Four jobs: clocks hours off either way (only the two ahead are skew); clocks going
+    backwards within tolerance; a reservation stamped 3 h ago with a 60 s lease, which must run
+    from recorded_at; and a failure stamped 10 minutes ago (as from a backlog) with a 3 s
+    cooldown, whose retry must still fire, counted from the failure's recording."""
+    skewed, drifting, leased, behind = (f"{k}-{tag}" for k in ("skew", "drift", "lease", "late"))
     events = scenario_events(skewed, ("submitted", "reserved", "heartbeat", "completed"))
     events = [e.model_copy(update={"occurred_at": now + SKEWED[e.type]}) for e in events]
     drift = scenario_events(drifting, ("submitted", "reserved", "completed"))
@@ -127,12 +131,16 @@ def _skewed_jobs(tag: str, now: datetime) -> Stream:
     lease = scenario_events(leased, ("submitted", "reserved"))
     lease[1] = lease[1].model_copy(update={"occurred_at": now - timedelta(hours=3),
                                            "lease_seconds": 60})  # fmt: skip
+    late = scenario_events(behind, ("submitted", "reserved", "failed"))
+    three = RetryOverride(initial_interval_seconds=3, max_interval_seconds=3)
+    late[0] = late[0].model_copy(update={"retry": three})
+    late = [e.model_copy(update={"occurred_at": now - BACKLOG}) for e in late]
     final = {skewed: ("completed", 1, "p"), drifting: ("completed", 1, "p"),
-             leased: ("reserved", 1, "p")}  # fmt: skip
-    return Stream(events + drift + lease, final)
+             leased: ("reserved", 1, "p"), behind: ("queued", 2, "p")}  # fmt: skip
+    return Stream(events + drift + lease + late, final)
 
 
-def test_skewed_producer_clocks_are_flagged_and_never_reorder_history(
+def test_only_clocks_ahead_are_flagged_lag_is_not_and_history_is_never_reordered(
     mongo_url: str,
     pg_url: str,
     rabbit_url: str,
@@ -146,25 +154,40 @@ def test_skewed_producer_clocks_are_flagged_and_never_reorder_history(
     asyncio.run(_publish_as_stamped(rabbit_url, stream.events))
     census, counts = settle(tracker.env, stream.event_ids, lambda: True, stream.unsettled)
     jobs = list(stream.expected)
-    order = {job: [(e["seq"], e["type"]) for e in history(tracker.env, job)] for job in jobs}
+    histories = {job: history(tracker.env, job) for job in jobs}
+    order = {job: [(e["seq"], e["type"]) for e in h] for job, h in histories.items()}
     sent = {job: [e.type for e in stream.events if e.job_id == job] for job in jobs}
+    produced = {
+        j: [e["type"] for e in h if e["source"] != "jobtrail"] for j, h in histories.items()
+    }
     counts |= {
-        "skewed_events": 5,
+        "dated_ahead_beyond_tolerance": 2,
+        "dated_behind_beyond_tolerance": 6,
         "flagged_clock_skew": census.anomalies("clock_skew"),
-        "reordered": sum([t for _, t in order[j]] != sent[j] for j in jobs),
+        "reordered": sum(produced[j] != sent[j] for j in jobs),
         "quarantined": quarantined(rabbit_url),
         "crashes": tracker.crashes(),
     }
-    write_artifact("clock_skew", counts, started, skew_hours=[-6, -3, 3, 5])
-    assert order[f"skew-{tag}"] == [(1, "submitted"), (2, "reserved"), (3, "heartbeat"),
-                                    (4, "completed")]  # fmt: skip
-    assert [s for s, _ in order[f"drift-{tag}"]] == [1, 2, 3]
-    flagged = {job: [a.kind for a in census.states[job].anomalies] for job in jobs}
-    assert flagged == dict(zip(jobs, [["clock_skew"] * 4, [], ["clock_skew"]], strict=True))
-    lease_deadline = (status(tracker.env, f"lease-{tag}") or {})["next_deadline_at"]
+    write_artifact("clock_skew", counts, started, skew_hours=[-6, -3, 3, 5],
+                   backlog_minutes=BACKLOG.total_seconds() / 60)  # fmt: skip
+    skewed, drifting, leased, behind = jobs
+    assert order[skewed] == [(1, "submitted"), (2, "reserved"), (3, "heartbeat"), (4, "completed")]
+    assert [s for s, _ in order[drifting]] == [1, 2, 3]
+    flagged = {job: [(a.seq, a.kind) for a in census.states[job].anomalies] for job in jobs}
+    assert flagged == {skewed: [(1, "clock_skew"), (3, "clock_skew")], drifting: [], leased: [],
+                       behind: []}  # fmt: skip
+    lease_deadline = (status(tracker.env, leased) or {})["next_deadline_at"]
     assert datetime.fromisoformat(lease_deadline) > now + timedelta(seconds=50)
+    assert [t for _, t in order[behind]] == ["submitted", "reserved", "failed", "retried"]
+    failed_at, retried_at = (
+        datetime.fromisoformat(e["recorded_at"]) for e in histories[behind][2:]
+    )
+    assert retried_at - failed_at >= timedelta(seconds=3 * 0.8), (
+        "the cooldown counts from recording"
+    )
     zero = ("lost", "mismatched", "reordered", "quarantined", "crashes")
     assert {k: counts[k] for k in zero} == dict.fromkeys(zero, 0), counts
+    assert (counts["anomalies"], counts["flagged_clock_skew"]) == (2, 2), counts
 
 
 async def _publish_as_stamped(rabbit_url: str, events: list[Any]) -> None:

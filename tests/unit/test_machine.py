@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from app.domain.chain import GENESIS_HASH, RecordedEvent
+from app.domain.decide import Deadline, decide, next_deadline
 from app.domain.events import (
     DeadLetterReason,
     ExpiryReason,
@@ -21,6 +22,8 @@ from app.domain.machine import DEFAULT_SKEW_TOLERANCE, LEASE_EXPIRED_CODE, evolv
 from app.domain.state import TERMINAL, Anomaly, JobSpec, JobState, JobStatus
 from tests.unit import factories as f
 from tests.unit.factories import JOB, NODE, OTHER_NODE, T0, History
+
+SMALL_POLICY = f.small_policy()
 
 
 def at(seconds: float) -> datetime:
@@ -541,48 +544,112 @@ def test_a_redrive_to_the_wrong_attempt_stays_dead() -> None:
     assert anomaly.detail == "job is already dead_lettered (redriven to attempt 5 after attempt 1)"
 
 
-# --- clock skew ---------------------------------------------------------------------------------
+# --- clock skew and lag -------------------------------------------------------------------------
+# Only an occurred_at AHEAD of recorded_at (Jobtrail's clock) beyond the tolerance proves a bad
+# clock. An event recorded long after it occurred is lag (a backlog, an outage): no anomaly.
+
+BACKLOG = timedelta(minutes=10)
+"""A backlog twice the default tolerance: every event recorded this long after it occurred."""
 
 
-@pytest.mark.parametrize("direction", [1, -1])
-def test_skew_beyond_the_tolerance_is_flagged_but_the_event_applies(direction: int) -> None:
+def test_an_event_dated_ahead_beyond_the_tolerance_is_flagged_but_applies() -> None:
     history = queued()
-    skew = direction * (DEFAULT_SKEW_TOLERANCE + timedelta(microseconds=1))
-    state = history.add(f.reserved(at=at(1000) + skew), recorded_at=at(1000))
+    ahead = DEFAULT_SKEW_TOLERANCE + timedelta(microseconds=1)
+    state = history.add(f.reserved(at=at(1000) + ahead), recorded_at=at(1000))
     assert state.status is JobStatus.RESERVED
     assert state.lease_from == at(1000)  # deadlines follow recorded_at, never the producer clock
     assert [(a.kind, a.seq) for a in state.anomalies] == [("clock_skew", 2)]
-    assert state.anomalies[0].detail == f"occurred_at is {skew} from recorded_at"
+    assert state.anomalies[0].detail == "occurred_at is 0:05:00.000001 ahead of recorded_at"
 
 
-def test_skew_up_to_the_tolerance_is_fine() -> None:
+@pytest.mark.parametrize(
+    "late",
+    [DEFAULT_SKEW_TOLERANCE + timedelta(microseconds=1), BACKLOG, timedelta(days=3)],
+    ids=["just_past_the_tolerance", "a_10_minute_backlog", "a_3_day_outage"],
+)
+def test_an_event_recorded_late_is_lag_not_skew(late: timedelta) -> None:
     history = queued()
-    state = history.add(f.reserved(at=at(1000) - DEFAULT_SKEW_TOLERANCE), recorded_at=at(1000))
+    state = history.add(f.reserved(at=at(1000) - late), recorded_at=at(1000))
+    assert state.status is JobStatus.RESERVED
+    assert state.lease_from == at(1000)
+    assert state.anomalies == ()
+
+
+def test_ahead_by_exactly_the_tolerance_is_fine() -> None:
+    history = queued()
+    state = history.add(f.reserved(at=at(1000) + DEFAULT_SKEW_TOLERANCE), recorded_at=at(1000))
     assert state.anomalies == ()
     assert timedelta(minutes=5) == DEFAULT_SKEW_TOLERANCE
 
 
 def test_the_skew_tolerance_is_a_parameter() -> None:
-    events = [f.recorded(f.submitted(at=at(0)), 1, at(10))]
+    events = [f.recorded(f.submitted(at=at(10)), 1, at(0))]
     assert fold(events, skew_tolerance=timedelta(seconds=10)).anomalies == ()
     assert [a.kind for a in fold(events, skew_tolerance=timedelta(seconds=9)).anomalies] == [
         "clock_skew"
     ]
     state = JobState(job_id=JOB)
     assert evolve(state, events[0], timedelta(seconds=9)).anomalies[0].kind == "clock_skew"
+    late = [f.recorded(f.submitted(at=at(0)), 1, at(10))]
+    assert fold(late, skew_tolerance=timedelta(0)).anomalies == ()
 
 
 def test_skew_and_a_second_anomaly_are_both_kept() -> None:
     history = cooling_job()
-    state = history.add(f.heartbeat(at=at(0)), recorded_at=at(3600))
+    state = history.add(f.heartbeat(at=at(3600)), recorded_at=at(3))
     assert [a.kind for a in state.anomalies] == ["clock_skew", "unexpected"]
     assert state.status is JobStatus.COOLING_DOWN
 
 
 def test_skew_on_a_lenient_report_is_flagged_twice() -> None:
-    state = queued().add(f.completed(at=at(0)), recorded_at=at(3600))
+    state = queued().add(f.completed(at=at(3600)), recorded_at=at(1))
     assert [a.kind for a in state.anomalies] == ["clock_skew", "not_reserved"]
     assert state.status is JobStatus.COMPLETED
+
+
+def test_a_reservation_recorded_late_leases_from_when_it_was_recorded() -> None:
+    """A 60 s lease on a reservation that waited 10 minutes in a backlog: had the lease counted
+    from occurred_at it would be over before Jobtrail even learnt of the reservation."""
+    history = queued()
+    state = history.add(f.reserved(at=at(10), lease_seconds=60), recorded_at=at(10) + BACKLOG)
+    deadline = next_deadline(state, SMALL_POLICY)
+    assert deadline == Deadline(at(10) + BACKLOG + timedelta(seconds=60), "lease")
+    assert decide(state, at(10) + BACKLOG, SMALL_POLICY) == ()
+    assert state.anomalies == ()
+
+
+def test_a_heartbeat_recorded_late_extends_the_lease_from_its_recording() -> None:
+    history = queued()
+    history.add(f.reserved(at=at(10), lease_seconds=60), recorded_at=at(10) + BACKLOG)
+    recorded_at = at(50) + BACKLOG
+    state = history.add(f.heartbeat(at=at(50)), recorded_at=recorded_at)
+    assert state.lease_from == recorded_at
+    assert decide(state, recorded_at, SMALL_POLICY) == (), "not already expired"
+    assert next_deadline(state, SMALL_POLICY) == Deadline(
+        recorded_at + timedelta(seconds=60), "lease"
+    )
+
+
+def test_a_history_recorded_behind_a_backlog_keeps_its_spacing_and_flags_nothing() -> None:
+    """Every event 10 minutes late: the TTL, the lease and the cooldown all run on recorded_at,
+    so each deadline lies as far after its event's recording as it would have without the lag."""
+    history = History()
+    steps = [
+        f.submitted(at=at(0)),
+        f.reserved(at=at(5)),
+        f.heartbeat(at=at(30)),
+        f.failed(at=at(40)),
+    ]
+    for event in steps:
+        state = history.add(event, recorded_at=event.occurred_at + BACKLOG)
+    prompt = History()
+    prompt.extend(steps)
+    assert state.anomalies == ()
+    assert (state.ttl_from, state.cooling_since) == (at(0) + BACKLOG, at(40) + BACKLOG)
+    lagged, on_time = next_deadline(state, SMALL_POLICY), next_deadline(prompt.state, SMALL_POLICY)
+    assert lagged is not None and on_time is not None
+    assert (lagged.at - on_time.at, lagged.kind) == (BACKLOG, on_time.kind)
+    assert decide(state, at(40) + BACKLOG, SMALL_POLICY) == (), "the retry is not already due"
 
 
 def test_the_ttl_clock_starts_when_the_submission_was_recorded() -> None:

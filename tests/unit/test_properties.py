@@ -113,6 +113,15 @@ def only_bookkeeping_changed(before: JobState, after: JobState) -> bool:
     )
 
 
+def flagged_skew(state: JobState, entry: RecordedEvent) -> bool:
+    """Whether ``entry`` was flagged ``clock_skew`` (only an occurred_at ahead of the clock is)."""
+    return any(a.seq == entry.seq and a.kind == "clock_skew" for a in state.anomalies)
+
+
+def without_skew(state: JobState) -> JobState:
+    return replace(state, anomalies=tuple(a for a in state.anomalies if a.kind != "clock_skew"))
+
+
 def cooldown_end(state: JobState) -> datetime:
     assert state.spec is not None and state.cooling_since is not None
     rules = POLICY.for_job(state.spec)
@@ -177,6 +186,7 @@ class JobLifecycle(RuleBasedStateMachine):
         new = after.anomalies[len(before.anomalies) :]
         assert {a.kind for a in new} <= KINDS
         assert all(a.seq == entry.seq and a.event_id == str(event.event_id) for a in new)
+        assert flagged_skew(after, entry) == (event.occurred_at - entry.recorded_at > SKEW)
         if any(a.kind not in LENIENT for a in new):
             assert only_bookkeeping_changed(before, after), new
         if before.is_terminal:
@@ -390,6 +400,34 @@ def test_evolve_never_raises_and_every_anomaly_changes_nothing(
         assert (state.last_seq, state.updated_at) == (entry.seq, entry.recorded_at)
         check_deadline_agrees_with_decide(state, entry.recorded_at)
         check_no_republish_before_cooldown(state, entry.recorded_at)
+
+
+@settings(max_examples=200, deadline=None)
+@given(f.recorded_histories(), st.data())
+def test_the_producer_clock_moves_no_deadline_and_only_an_early_clock_is_flagged(
+    entries: list[RecordedEvent], data: st.DataObject
+) -> None:
+    """Re-date every event's occurred_at at will (a backlog, an outage, clocks off either way):
+    the fold is the same but for clock_skew anomalies, so every deadline and decision is too;
+    and exactly the events dated ahead of their recording beyond the tolerance are flagged."""
+    shifts = st.integers(min_value=-(10**6), max_value=10**5).map(lambda s: timedelta(seconds=s))
+    redated = [
+        replace(
+            e, event=e.event.model_copy(update={"occurred_at": e.recorded_at + data.draw(shifts)})
+        )
+        for e in entries
+    ]
+    state, moved = (
+        fold(entries, JobState(job_id=JOB), SKEW),
+        fold(redated, JobState(job_id=JOB), SKEW),
+    )
+    assert without_skew(moved) == without_skew(state)
+    for entry in redated:
+        ahead = entry.event.occurred_at - entry.recorded_at
+        assert flagged_skew(moved, entry) == (ahead > SKEW)
+    if state.updated_at is not None:
+        assert decide(moved, state.updated_at, POLICY) == decide(state, state.updated_at, POLICY)
+        assert next_deadline(moved, POLICY) == next_deadline(state, POLICY)
 
 
 @settings(max_examples=200, deadline=None)
