@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent, link_hash
@@ -30,20 +30,84 @@ def truncate_ms(moment: datetime) -> datetime:
     return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
 
 
-def entry_fields(entry: StoredEvent, event: JobEvent) -> dict[str, Any]:
+def entry_fields(entry: StoredEvent) -> dict[str, Any]:
     """What a stored entry holds, as a document or a row: the chain, the data, query fields."""
     return {
         "event_id": entry.event_id,
         "job_id": entry.job_id,
         "seq": entry.seq,
-        "type": event.type,
-        "attempt": event.attempt,
-        "occurred_at": event.occurred_at.astimezone(UTC),
+        "type": entry.type,
+        "attempt": entry.attempt,
+        "occurred_at": entry.occurred_at,
         "recorded_at": entry.recorded_at,
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
         "data": entry.data,
     }
+
+
+ENTRY_TYPES: dict[str, type] = {
+    "event_id": str,
+    "job_id": str,
+    "seq": int,
+    "type": str,
+    "attempt": int,
+    "occurred_at": datetime,
+    "recorded_at": datetime,
+    "prev_hash": str,
+    "hash": str,
+    "data": str,
+}
+"""Every field a stored entry has, and its type: a document with other keys is not one of ours."""
+
+
+def entry_flaw(fields: Mapping[str, Any], ignored: frozenset[str] = frozenset()) -> str | None:
+    """What makes a raw document or row not a well-formed entry (a field missing, of the wrong
+    type, or a key the log never writes), or None. Stores that type nothing (a MongoDB document,
+    a SQLite column) can hold anything there; a flawed entry never verifies."""
+    for name, kind in ENTRY_TYPES.items():
+        if name not in fields:
+            return f"stored {name} is missing"
+        value = fields[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"stored {name} {value!r} is a {type(value).__name__}, not a {kind.__name__}"
+    extra = sorted(str(key) for key in fields if key not in ENTRY_TYPES and key not in ignored)
+    if extra:
+        return f"stored entry has fields the log never writes: {', '.join(extra)}"
+    return None
+
+
+def raw_entry(
+    fields: Mapping[str, Any], *, occurred_at_unit: timedelta, flaw: str | None = None
+) -> StoredEvent:
+    """A stored entry from its raw fields; a flawed one keeps what it can, so verify names it."""
+
+    def text(name: str) -> str:
+        value = fields.get(name)
+        return value if isinstance(value, str) else repr(value)
+
+    def whole(name: str) -> int:
+        value = fields.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def instant(name: str) -> datetime:
+        value = fields.get(name)
+        return value if isinstance(value, datetime) else datetime.min.replace(tzinfo=UTC)
+
+    return StoredEvent(
+        job_id=text("job_id"),
+        seq=whole("seq"),
+        event_id=text("event_id"),
+        recorded_at=instant("recorded_at"),
+        prev_hash=text("prev_hash"),
+        hash=text("hash"),
+        data=text("data"),
+        type=text("type"),
+        attempt=whole("attempt"),
+        occurred_at=instant("occurred_at"),
+        occurred_at_unit=occurred_at_unit,
+        flaw=flaw,
+    )
 
 
 def chain_entry(
@@ -60,6 +124,9 @@ def chain_entry(
         prev_hash=last_hash,
         hash=link_hash(event.job_id, seq, recorded_at, last_hash, data),
         data=data,
+        type=event.type,
+        attempt=event.attempt,
+        occurred_at=event.occurred_at.astimezone(UTC),
     )
 
 

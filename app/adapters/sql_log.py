@@ -44,9 +44,11 @@ from app.adapters.memory_log import (
     decode_entry,
     duplicate,
     entry_fields,
+    entry_flaw,
+    raw_entry,
     truncate_ms,
 )
-from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
+from app.domain.chain import GENESIS_HASH, MICROSECOND, RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
 from app.ports import AppendOutcome, LogUnavailable
 
@@ -84,7 +86,19 @@ events_table = Table(
 _c = events_table.c
 _AnyRow = Row[*tuple[Any, ...]]
 _AnySelect = Select[*tuple[Any, ...]]
-_RAW = (_c.job_id, _c.seq, _c.event_id, _c.recorded_at, _c.prev_hash, _c.hash, _c.data)
+_RAW = (
+    _c.job_id,
+    _c.seq,
+    _c.event_id,
+    _c.type,
+    _c.attempt,
+    _c.occurred_at,
+    _c.recorded_at,
+    _c.prev_hash,
+    _c.hash,
+    _c.data,
+)
+"""Every column of an entry but the surrogate key ``id``, which nothing reads or orders by."""
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
@@ -127,21 +141,19 @@ def _unavailable(action: str, exc: BaseException) -> LogUnavailable:
     return LogUnavailable(f"SQL event log: {action} failed: {type(exc).__name__}: {cause}")
 
 
-def _aware(moment: datetime) -> datetime:
+def _aware(moment: object) -> object:
     """SQLite hands back naive datetimes; every stored instant is UTC."""
+    if not isinstance(moment, datetime):
+        return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _stored(row: _AnyRow) -> StoredEvent:
-    return StoredEvent(
-        job_id=row.job_id,
-        seq=row.seq,
-        event_id=row.event_id,
-        recorded_at=_aware(row.recorded_at),
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-        data=row.data,
-    )
+    """The entry as stored, every column of it: SQLite columns hold any type, so check them."""
+    fields = dict(row._mapping)
+    for name in ("occurred_at", "recorded_at"):
+        fields[name] = _aware(fields[name])
+    return raw_entry(fields, occurred_at_unit=MICROSECOND, flaw=entry_flaw(fields))
 
 
 class SqlEventLog:
@@ -185,7 +197,7 @@ class SqlEventLog:
                     )
                 ).first()
                 entry = chain_entry(event, at) if tip is None else chain_entry(event, at, *tip)
-                await conn.execute(events_table.insert().values(entry_fields(entry, event)))
+                await conn.execute(events_table.insert().values(entry_fields(entry)))
         except IntegrityError:
             # The failed transaction is gone; the event_id tells which unique index fired.
             return await self._stored_outcome(str(event.event_id))
@@ -389,5 +401,5 @@ def _plan(
         tips[job_event.job_id] = (entry.seq, entry.hash)
         known[event_id] = (entry.job_id, entry.seq)
         outcomes.append(appended(entry))
-        rows.append(entry_fields(entry, job_event))
+        rows.append(entry_fields(entry))
     return outcomes, rows
