@@ -59,6 +59,7 @@ ENTRY_TYPES: dict[str, type] = {
     "data": str,
 }
 """Every field a stored entry has, and its type: a document with other keys is not one of ours."""
+_KINDS = {str: "a string", int: "an integer", datetime: "an instant as the log writes it"}
 
 
 def entry_flaw(fields: Mapping[str, Any], ignored: frozenset[str] = frozenset()) -> str | None:
@@ -70,7 +71,7 @@ def entry_flaw(fields: Mapping[str, Any], ignored: frozenset[str] = frozenset())
             return f"stored {name} is missing"
         value = fields[name]
         if not isinstance(value, kind) or isinstance(value, bool):
-            return f"stored {name} {value!r} is a {type(value).__name__}, not a {kind.__name__}"
+            return f"stored {name} {value!r} is not {_KINDS[kind]}"
     extra = sorted(str(key) for key in fields if key not in ENTRY_TYPES and key not in ignored)
     if extra:
         return f"stored entry has fields the log never writes: {', '.join(extra)}"
