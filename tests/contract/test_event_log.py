@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 from pydantic import JsonValue
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, WriteConcern
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.adapters.anchor_store import MongoAnchorStore
 from app.adapters.log_factory import open_event_log
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.mongo_log import MongoEventLog
@@ -522,6 +523,42 @@ class TestMongoEventLog(ServerBackedContract):
         for job in ("job-a", "job-b"):
             assert verify_chain(job, await log.read_job_raw(job)) is None
         assert await log.count() == 5 - rival_is_the_same_event
+
+    @pytest.mark.parametrize(
+        ("options", "expected"),
+        [
+            ("", WriteConcern(w="majority", j=True)),
+            ("&w=1&journal=false", WriteConcern(w=1, j=False)),
+            ("&W=2&wtimeoutMS=50", WriteConcern(w=2, j=True, wtimeout=50)),
+            ("&journal=false", WriteConcern(w="majority", j=False)),
+            ("&w=0", WriteConcern(w=0)),
+        ],
+    )
+    async def test_writes_are_majority_and_journaled_unless_the_url_says_otherwise(
+        self, mongo_url: str, options: str, expected: WriteConcern
+    ) -> None:
+        # An event is acked to RabbitMQ once written: by default the write must be on a
+        # majority of the replica set and in its journal. The URL's options win.
+        log = MongoEventLog(mongo_url + options)
+        anchors = MongoAnchorStore(mongo_url + options)
+        try:
+            assert log._events.write_concern == expected
+            assert anchors._anchors.write_concern == anchors._events.write_concern == expected
+            if options == "":  # the server takes such writes, and reads them back
+                await log.ensure_schema()
+                event = submitted("job-durable")
+                outcomes = await log.append_many([event, heartbeat("job-durable")], T0)
+                assert [o.status for o in outcomes] == [AppendStatus.APPENDED] * 2
+                assert verify_chain("job-durable", await log.read_job_raw("job-durable")) is None
+        finally:
+            await log.close()
+            await anchors.close()
+
+    def test_a_write_concern_option_pymongo_does_not_know_is_a_clear_error(
+        self, mongo_url: str
+    ) -> None:
+        with pytest.raises(ValueError, match=r"invalid MongoDB URL: Unknown option: j\b"):
+            MongoEventLog(mongo_url + "&j=true")
 
     @pytest.fixture
     def unreachable_url(self) -> str:
