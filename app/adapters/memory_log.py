@@ -62,53 +62,61 @@ ENTRY_TYPES: dict[str, type] = {
 _KINDS = {str: "a string", int: "an integer", datetime: "an instant as the log writes it"}
 
 
-def entry_flaw(fields: Mapping[str, Any], ignored: frozenset[str] = frozenset()) -> str | None:
-    """What makes a raw document or row not a well-formed entry (a field missing, of the wrong
-    type, or a key the log never writes), or None. Stores that type nothing (a MongoDB document,
-    a SQLite column) can hold anything there; a flawed entry never verifies."""
+def raw_entry(fields: Mapping[str, Any], *, occurred_at_unit: timedelta) -> StoredEvent:
+    """A stored entry from its raw document or row, every field checked: stores that type
+    nothing (a MongoDB document, a SQLite column) can hold anything there. A flawed entry keeps
+    what it can and carries its flaw, so verify names it; reads that decode ignore the flaw."""
+    flaw = _flaw(fields)
+    if flaw is None:
+        return StoredEvent(**fields, occurred_at_unit=occurred_at_unit)
+    return StoredEvent(
+        job_id=_text(fields, "job_id"),
+        seq=_whole(fields, "seq"),
+        event_id=_text(fields, "event_id"),
+        recorded_at=_instant(fields, "recorded_at"),
+        prev_hash=_text(fields, "prev_hash"),
+        hash=_text(fields, "hash"),
+        data=_text(fields, "data"),
+        type=_text(fields, "type"),
+        attempt=_whole(fields, "attempt"),
+        occurred_at=_instant(fields, "occurred_at"),
+        occurred_at_unit=occurred_at_unit,
+        flaw=flaw,
+    )
+
+
+def _flaw(fields: Mapping[str, Any]) -> str | None:
+    """A field missing, of the wrong type, or a key the log never writes; None if none."""
     for name, kind in ENTRY_TYPES.items():
-        if name not in fields:
+        value = fields.get(name, _MISSING)
+        if value.__class__ is kind:  # the common case, decided without isinstance
+            continue
+        if value is _MISSING:
             return f"stored {name} is missing"
-        value = fields[name]
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"stored {name} {value!r} is not {_KINDS[kind]}"
-    extra = sorted(str(key) for key in fields if key not in ENTRY_TYPES and key not in ignored)
-    if extra:
+    if len(fields) != len(ENTRY_TYPES):
+        extra = sorted(str(key) for key in fields if key not in ENTRY_TYPES)
         return f"stored entry has fields the log never writes: {', '.join(extra)}"
     return None
 
 
-def raw_entry(
-    fields: Mapping[str, Any], *, occurred_at_unit: timedelta, flaw: str | None = None
-) -> StoredEvent:
-    """A stored entry from its raw fields; a flawed one keeps what it can, so verify names it."""
+_MISSING = object()
 
-    def text(name: str) -> str:
-        value = fields.get(name)
-        return value if isinstance(value, str) else repr(value)
 
-    def whole(name: str) -> int:
-        value = fields.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _text(fields: Mapping[str, Any], name: str) -> str:
+    value = fields.get(name)
+    return value if isinstance(value, str) else repr(value)
 
-    def instant(name: str) -> datetime:
-        value = fields.get(name)
-        return value if isinstance(value, datetime) else datetime.min.replace(tzinfo=UTC)
 
-    return StoredEvent(
-        job_id=text("job_id"),
-        seq=whole("seq"),
-        event_id=text("event_id"),
-        recorded_at=instant("recorded_at"),
-        prev_hash=text("prev_hash"),
-        hash=text("hash"),
-        data=text("data"),
-        type=text("type"),
-        attempt=whole("attempt"),
-        occurred_at=instant("occurred_at"),
-        occurred_at_unit=occurred_at_unit,
-        flaw=flaw,
-    )
+def _whole(fields: Mapping[str, Any], name: str) -> int:
+    value = fields.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _instant(fields: Mapping[str, Any], name: str) -> datetime:
+    value = fields.get(name)
+    return value if isinstance(value, datetime) else datetime.min.replace(tzinfo=UTC)
 
 
 def chain_entry(

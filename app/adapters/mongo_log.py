@@ -26,7 +26,6 @@ from app.adapters.memory_log import (
     decode_entry,
     duplicate,
     entry_fields,
-    entry_flaw,
     raw_entry,
     truncate_ms,
 )
@@ -88,7 +87,7 @@ def _stored(doc: Mapping[str, Any]) -> StoredEvent:
     for name in ("occurred_at", "recorded_at"):
         if isinstance(fields.get(name), datetime):
             fields[name] = fields[name].astimezone(UTC)
-    return raw_entry(fields, occurred_at_unit=MILLISECOND, flaw=entry_flaw(fields))
+    return raw_entry(fields, occurred_at_unit=MILLISECOND)
 
 
 class MongoEventLog:

@@ -46,7 +46,6 @@ from app.adapters.memory_log import (
     decode_entry,
     duplicate,
     entry_fields,
-    entry_flaw,
     raw_entry,
     truncate_ms,
 )
@@ -171,7 +170,7 @@ def _stored(row: _AnyRow) -> StoredEvent:
     fields = dict(row._mapping)
     for name in ("occurred_at", "recorded_at"):
         fields[name] = _instant(fields[name])
-    return raw_entry(fields, occurred_at_unit=MICROSECOND, flaw=entry_flaw(fields))
+    return raw_entry(fields, occurred_at_unit=MICROSECOND)
 
 
 class SqlEventLog:

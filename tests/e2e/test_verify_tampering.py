@@ -351,7 +351,8 @@ an edit of it, and the lines ``jobtrail verify`` must print after it."""
 
 
 def _verify_names(env: dict[str, str], lines: list[str], job: str = VICTIM) -> None:
-    """``jobtrail verify`` (whole log, then ``--job``) exits 1 printing each of ``lines``."""
+    """``jobtrail verify`` (whole log, then ``--job``) exits 1 printing each of ``lines``, and
+    ``verify-range`` over the day prints the same."""
     whole = jobtrail(env, "verify")
     assert whole.code == 1, whole
     broken = [line for line in whole.out.splitlines() if line.startswith("BROKEN")]
@@ -360,6 +361,8 @@ def _verify_names(env: dict[str, str], lines: list[str], job: str = VICTIM) -> N
         assert got.startswith(wanted), (wanted, got)
     one = jobtrail(env, "verify", "--job", job)
     assert one.code == 1 and one.out.splitlines()[0].startswith(lines[0]), one
+    ranged = jobtrail(env, "verify-range", "--since", DAY, "--until", "2026-11-21")
+    assert ranged.code == 1 and ranged.out.splitlines() == broken, ranged
 
 
 @pytest.mark.parametrize("field", list(FIELD_EDITS))
