@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.adapters.log_factory import MONGO_SCHEMES
 from app.adapters.memory_log import DEFAULT_PAGE_SIZE
-from app.adapters.mongo_log import COLLECTION, DEFAULT_DATABASE
+from app.adapters.mongo_log import COLLECTION, DEFAULT_DATABASE, mongo_client
 from app.adapters.sql_log import events_table
 from app.adapters.sql_schema import make_engine
 from app.domain.merkle import Anchor, EntryRef, Leaf
@@ -148,14 +148,10 @@ class MongoAnchorStore:
         *,
         database: str | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
-        server_selection_timeout_ms: int = 5000,
+        server_selection_timeout_ms: int | None = None,
     ) -> None:
-        try:
-            self._client: AsyncMongoClient[Document] = AsyncMongoClient(
-                url, tz_aware=True, serverSelectionTimeoutMS=server_selection_timeout_ms
-            )
-        except PyMongoError as exc:
-            raise ValueError(f"invalid MongoDB URL: {exc}") from exc
+        # The log's client options: its durable write concern, and the same timeouts.
+        self._client: AsyncMongoClient[Document] = mongo_client(url, server_selection_timeout_ms)
         db = self._client.get_default_database(DEFAULT_DATABASE)
         if database is not None:
             db = self._client.get_database(database)

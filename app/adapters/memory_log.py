@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent, link_hash
@@ -30,20 +30,93 @@ def truncate_ms(moment: datetime) -> datetime:
     return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
 
 
-def entry_fields(entry: StoredEvent, event: JobEvent) -> dict[str, Any]:
+def entry_fields(entry: StoredEvent) -> dict[str, Any]:
     """What a stored entry holds, as a document or a row: the chain, the data, query fields."""
     return {
         "event_id": entry.event_id,
         "job_id": entry.job_id,
         "seq": entry.seq,
-        "type": event.type,
-        "attempt": event.attempt,
-        "occurred_at": event.occurred_at.astimezone(UTC),
+        "type": entry.type,
+        "attempt": entry.attempt,
+        "occurred_at": entry.occurred_at,
         "recorded_at": entry.recorded_at,
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
         "data": entry.data,
     }
+
+
+ENTRY_TYPES: dict[str, type] = {
+    "event_id": str,
+    "job_id": str,
+    "seq": int,
+    "type": str,
+    "attempt": int,
+    "occurred_at": datetime,
+    "recorded_at": datetime,
+    "prev_hash": str,
+    "hash": str,
+    "data": str,
+}
+"""Every field a stored entry has, and its type: a document with other keys is not one of ours."""
+_KINDS = {str: "a string", int: "an integer", datetime: "an instant as the log writes it"}
+
+
+def raw_entry(fields: Mapping[str, Any], *, occurred_at_unit: timedelta) -> StoredEvent:
+    """A stored entry from its raw document or row, every field checked: stores that type
+    nothing (a MongoDB document, a SQLite column) can hold anything there. A flawed entry keeps
+    what it can and carries its flaw, so verify names it; reads that decode ignore the flaw."""
+    flaw = _flaw(fields)
+    if flaw is None:
+        return StoredEvent(**fields, occurred_at_unit=occurred_at_unit)
+    return StoredEvent(
+        job_id=_text(fields, "job_id"),
+        seq=_whole(fields, "seq"),
+        event_id=_text(fields, "event_id"),
+        recorded_at=_instant(fields, "recorded_at"),
+        prev_hash=_text(fields, "prev_hash"),
+        hash=_text(fields, "hash"),
+        data=_text(fields, "data"),
+        type=_text(fields, "type"),
+        attempt=_whole(fields, "attempt"),
+        occurred_at=_instant(fields, "occurred_at"),
+        occurred_at_unit=occurred_at_unit,
+        flaw=flaw,
+    )
+
+
+def _flaw(fields: Mapping[str, Any]) -> str | None:
+    """A field missing, of the wrong type, or a key the log never writes; None if none."""
+    for name, kind in ENTRY_TYPES.items():
+        value = fields.get(name, _MISSING)
+        if value.__class__ is kind:  # the common case, decided without isinstance
+            continue
+        if value is _MISSING:
+            return f"stored {name} is missing"
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"stored {name} {value!r} is not {_KINDS[kind]}"
+    if len(fields) != len(ENTRY_TYPES):
+        extra = sorted(str(key) for key in fields if key not in ENTRY_TYPES)
+        return f"stored entry has fields the log never writes: {', '.join(extra)}"
+    return None
+
+
+_MISSING = object()
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str:
+    value = fields.get(name)
+    return value if isinstance(value, str) else repr(value)
+
+
+def _whole(fields: Mapping[str, Any], name: str) -> int:
+    value = fields.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _instant(fields: Mapping[str, Any], name: str) -> datetime:
+    value = fields.get(name)
+    return value if isinstance(value, datetime) else datetime.min.replace(tzinfo=UTC)
 
 
 def chain_entry(
@@ -60,6 +133,9 @@ def chain_entry(
         prev_hash=last_hash,
         hash=link_hash(event.job_id, seq, recorded_at, last_hash, data),
         data=data,
+        type=event.type,
+        attempt=event.attempt,
+        occurred_at=event.occurred_at.astimezone(UTC),
     )
 
 

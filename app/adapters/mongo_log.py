@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, uri_parser
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from app.adapters.memory_log import (
@@ -26,9 +26,10 @@ from app.adapters.memory_log import (
     decode_entry,
     duplicate,
     entry_fields,
+    raw_entry,
     truncate_ms,
 )
-from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
+from app.domain.chain import GENESIS_HASH, MILLISECOND, RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
 from app.ports import AppendOutcome, LogUnavailable
 
@@ -48,11 +49,18 @@ _RAW = {
     "job_id": 1,
     "seq": 1,
     "event_id": 1,
+    "type": 1,
+    "attempt": 1,
+    "occurred_at": 1,
     "recorded_at": 1,
     "prev_hash": 1,
     "hash": 1,
     "data": 1,
 }
+_WHOLE: Document | None = None
+"""Raw reads (what verify checks) fetch whole documents: a key the log never writes is a flaw."""
+_KEYED: Document = {"job_id": {"$type": "string"}, "seq": {"$type": ["int", "long"]}}
+"""Entries whose paging key has the types the log writes (anything else was edited in)."""
 _BY_JOB_SEQ = [("job_id", ASCENDING), ("seq", ASCENDING)]
 _BY_TIME = [("recorded_at", ASCENDING), ("job_id", ASCENDING), ("seq", ASCENDING)]
 
@@ -70,15 +78,16 @@ def _translated(action: str) -> Iterator[None]:
 
 
 def _stored(doc: Mapping[str, Any]) -> StoredEvent:
-    return StoredEvent(
-        job_id=doc["job_id"],
-        seq=doc["seq"],
-        event_id=doc["event_id"],
-        recorded_at=doc["recorded_at"].astimezone(UTC),
-        prev_hash=doc["prev_hash"],
-        hash=doc["hash"],
-        data=doc["data"],
-    )
+    """The entry a document holds; a document's keys and types are free, so check them all.
+
+    ``_id`` is MongoDB's own key: nothing reads it or orders by it.
+    """
+    fields = dict(doc)
+    fields.pop("_id", None)
+    for name in ("occurred_at", "recorded_at"):
+        if isinstance(fields.get(name), datetime):
+            fields[name] = fields[name].astimezone(UTC)
+    return raw_entry(fields, occurred_at_unit=MILLISECOND)
 
 
 class MongoEventLog:
@@ -98,7 +107,7 @@ class MongoEventLog:
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
-        self._client = _lazy_client(url, server_selection_timeout_ms)
+        self._client = mongo_client(url, server_selection_timeout_ms)
         db = self._client.get_default_database(DEFAULT_DATABASE)
         if database is not None:
             db = self._client.get_database(database)
@@ -130,7 +139,7 @@ class MongoEventLog:
         )
         entry = chain_entry(event, at) if tip is None else chain_entry(event, at, *_tip(tip))
         try:
-            await self._events.insert_one(entry_fields(entry, event))
+            await self._events.insert_one(entry_fields(entry))
         except DuplicateKeyError:
             # Either index may have fired; the event_id tells which without parsing messages.
             return await self._stored_outcome(entry.event_id)
@@ -153,7 +162,7 @@ class MongoEventLog:
             return []
         with _translated("append"):
             plan = await self._plan(events, at)
-            stop = await self._insert_until_conflict(events, plan)
+            stop = await self._insert_until_conflict(plan)
         done = [item if isinstance(item, AppendOutcome) else appended(item) for item in plan[:stop]]
         return done + [await self.append(event, at) for event in events[stop:]]
 
@@ -194,14 +203,14 @@ class MongoEventLog:
         )
         return {doc["_id"]: _tip(doc) async for doc in cursor}
 
-    async def _insert_until_conflict(self, events: Sequence[JobEvent], plan: list[_Planned]) -> int:
+    async def _insert_until_conflict(self, plan: list[_Planned]) -> int:
         """Insert the planned entries in order; the batch position of the first failure, or len."""
         positions: list[int] = []
         docs: list[Document] = []
-        for position, (item, event) in enumerate(zip(plan, events, strict=True)):
+        for position, item in enumerate(plan):
             if isinstance(item, StoredEvent):
                 positions.append(position)
-                docs.append(entry_fields(item, event))
+                docs.append(entry_fields(item))
         if not docs:
             return len(plan)
         try:
@@ -227,28 +236,41 @@ class MongoEventLog:
         return found
 
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
-        return await self._find({"job_id": job_id})
+        return await self._find({"job_id": job_id}, projection=_WHOLE)
 
     async def _find(
-        self, query: Document, limit: int = 0, order: list[tuple[str, int]] | None = None
+        self,
+        query: Document,
+        limit: int = 0,
+        order: list[tuple[str, int]] | None = None,
+        projection: Document | None = _RAW,
     ) -> list[StoredEvent]:
         with _translated("read"):
-            cursor = self._events.find(query, _RAW).sort(order or _BY_JOB_SEQ).limit(limit)
+            cursor = self._events.find(query, projection).sort(order or _BY_JOB_SEQ).limit(limit)
             docs = await cursor.to_list()
         return [_stored(doc) for doc in docs]
 
     async def scan_raw(self) -> AsyncIterator[StoredEvent]:
-        query: Document = {}
-        while page := await self._find(query, self._page_size):
+        """Every entry by (job_id, seq), then any whose job_id or seq is of another type: keyset
+        paging compares within one BSON type, so such an entry would end or skip the scan."""
+        query: Document = _KEYED
+        while page := await self._find(query, self._page_size, projection=_WHOLE):
             for entry in page:
                 yield entry
             last = page[-1]
             query = {
-                "$or": [
-                    {"job_id": {"$gt": last.job_id}},
-                    {"job_id": last.job_id, "seq": {"$gt": last.seq}},
+                "$and": [
+                    _KEYED,
+                    {
+                        "$or": [
+                            {"job_id": {"$gt": last.job_id}},
+                            {"job_id": last.job_id, "seq": {"$gt": last.seq}},
+                        ]
+                    },
                 ]
             }
+        for entry in await self._find({"$nor": [_KEYED]}, projection=_WHOLE):
+            yield entry
 
     async def scan(self) -> AsyncIterator[RecordedEvent]:
         async for entry in self.scan_raw():
@@ -294,12 +316,27 @@ class MongoEventLog:
             await self._client.close()
 
 
-def _lazy_client(url: str, server_selection_timeout_ms: int | None) -> AsyncMongoClient[Document]:
-    """A client that connects (and resolves ``mongodb+srv``) on first use, not here."""
+DURABLE_WRITES: dict[str, Any] = {"w": "majority", "journal": True}
+"""The write concern unless the URL names its own: an event is acknowledged to RabbitMQ once
+written, so the write must be on a majority of the replica set and in its journal, or a failover
+(or a crash) can roll back an event the broker has already forgotten."""
+
+
+def mongo_client(url: str, server_selection_timeout_ms: int | None) -> AsyncMongoClient[Document]:
+    """A client that connects (and resolves ``mongodb+srv``) on first use, not here.
+
+    Every option the URL names wins; for the others: ``DURABLE_WRITES`` (``journal`` is left
+    out when the URL asks for unacknowledged writes, ``w=0``) and a server selection timeout
+    of ``server_selection_timeout_ms``, else the URL's, else 5 s.
+    """
+    named = _url_options(url)
     options: dict[str, Any] = {"tz_aware": True}
+    options |= {name: value for name, value in DURABLE_WRITES.items() if name not in named}
+    if named.get("w") == 0:
+        options.pop("journal", None)
     if server_selection_timeout_ms is not None:
         options["serverSelectionTimeoutMS"] = server_selection_timeout_ms
-    elif not _names_timeout(url):
+    elif "serverSelectionTimeoutMS" not in named:
         options["serverSelectionTimeoutMS"] = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
     try:
         return AsyncMongoClient(url, **options)
@@ -307,10 +344,13 @@ def _lazy_client(url: str, server_selection_timeout_ms: int | None) -> AsyncMong
         raise ValueError(f"invalid MongoDB URL: {exc}") from exc
 
 
-def _names_timeout(url: str) -> bool:
-    """Whether the URL sets serverSelectionTimeoutMS (option names are case-insensitive)."""
-    options = parse_qs(urlsplit(url).query)
-    return any(name.lower() == "serverselectiontimeoutms" for name in options)
+def _url_options(url: str) -> Mapping[str, Any]:
+    """The options the URL's query names, parsed as PyMongo does (names are case-insensitive);
+    nothing is resolved, so a ``mongodb+srv`` URL stays lazy."""
+    try:
+        return uri_parser.split_options(urlsplit(url).query) if urlsplit(url).query else {}
+    except (PyMongoError, ValueError) as exc:
+        raise ValueError(f"invalid MongoDB URL: {exc}") from exc
 
 
 def _tip(doc: Mapping[str, Any]) -> tuple[int, str]:

@@ -6,6 +6,7 @@ them has no side effects, so Alembic migrations can build on them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
@@ -44,9 +46,10 @@ from app.adapters.memory_log import (
     decode_entry,
     duplicate,
     entry_fields,
+    raw_entry,
     truncate_ms,
 )
-from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
+from app.domain.chain import GENESIS_HASH, MICROSECOND, RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
 from app.ports import AppendOutcome, LogUnavailable
 
@@ -84,7 +87,19 @@ events_table = Table(
 _c = events_table.c
 _AnyRow = Row[*tuple[Any, ...]]
 _AnySelect = Select[*tuple[Any, ...]]
-_RAW = (_c.job_id, _c.seq, _c.event_id, _c.recorded_at, _c.prev_hash, _c.hash, _c.data)
+_RAW = (
+    _c.job_id,
+    _c.seq,
+    _c.event_id,
+    _c.type,
+    _c.attempt,
+    _c.occurred_at,
+    _c.recorded_at,
+    _c.prev_hash,
+    _c.hash,
+    _c.data,
+)
+"""Every column of an entry but the surrogate key ``id``, which nothing reads or orders by."""
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
@@ -127,21 +142,35 @@ def _unavailable(action: str, exc: BaseException) -> LogUnavailable:
     return LogUnavailable(f"SQL event log: {action} failed: {type(exc).__name__}: {cause}")
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored instant is UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+_SQLITE_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")
+"""How SQLAlchemy writes an instant into SQLite (UTC, no offset). SQLite compares this text, not
+the instant: another spelling of the same instant would sort elsewhere in time-range queries."""
+
+_CHECKED_SQLITE = tuple(
+    type_coerce(column, Text).label(column.name) if column.name.endswith("_at") else column
+    for column in _RAW
+)
+"""SQLite's raw read: its instants as the stored text, so verify can hold them to that form."""
+
+
+def _instant(value: object) -> object:
+    """A stored instant, aware UTC; text only in the form the log writes (else left as it is)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, str) and _SQLITE_INSTANT.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        except ValueError:
+            return value
+    return value
 
 
 def _stored(row: _AnyRow) -> StoredEvent:
-    return StoredEvent(
-        job_id=row.job_id,
-        seq=row.seq,
-        event_id=row.event_id,
-        recorded_at=_aware(row.recorded_at),
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-        data=row.data,
-    )
+    """The entry as stored, every column of it: SQLite columns hold any type, so check them."""
+    fields = dict(row._mapping)
+    for name in ("occurred_at", "recorded_at"):
+        fields[name] = _instant(fields[name])
+    return raw_entry(fields, occurred_at_unit=MICROSECOND)
 
 
 class SqlEventLog:
@@ -153,6 +182,7 @@ class SqlEventLog:
         self._engine = _engine(async_url(url))
         self._page_size = page_size
         self._decoded = DecodedEntries()
+        self._checked = _CHECKED_SQLITE if self._engine.dialect.name == "sqlite" else _RAW
 
     async def ensure_schema(self) -> None:
         try:
@@ -185,7 +215,7 @@ class SqlEventLog:
                     )
                 ).first()
                 entry = chain_entry(event, at) if tip is None else chain_entry(event, at, *tip)
-                await conn.execute(events_table.insert().values(entry_fields(entry, event)))
+                await conn.execute(events_table.insert().values(entry_fields(entry)))
         except IntegrityError:
             # The failed transaction is gone; the event_id tells which unique index fired.
             return await self._stored_outcome(str(event.event_id))
@@ -257,11 +287,11 @@ class SqlEventLog:
         return found
 
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
-        query = select(*_RAW).where(_c.job_id == job_id).order_by(_c.seq)
+        query = select(*self._checked).where(_c.job_id == job_id).order_by(_c.seq)
         return [_stored(row) for row in await self._fetch(query, "read")]
 
     async def scan_raw(self) -> AsyncIterator[StoredEvent]:
-        query = select(*_RAW).order_by(_c.job_id, _c.seq).limit(self._page_size)
+        query = select(*self._checked).order_by(_c.job_id, _c.seq).limit(self._page_size)
         page = await self._fetch(query, "scan")
         while page:
             for row in page:
@@ -389,5 +419,5 @@ def _plan(
         tips[job_event.job_id] = (entry.seq, entry.hash)
         known[event_id] = (entry.job_id, entry.seq)
         outcomes.append(appended(entry))
-        rows.append(entry_fields(entry, job_event))
+        rows.append(entry_fields(entry))
     return outcomes, rows

@@ -11,6 +11,7 @@ import json
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from itertools import chain
 from pathlib import Path
@@ -18,10 +19,11 @@ from typing import Any
 
 import pytest
 from pydantic import JsonValue
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, WriteConcern
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.adapters.anchor_store import MongoAnchorStore
 from app.adapters.log_factory import open_event_log
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.mongo_log import MongoEventLog
@@ -36,6 +38,25 @@ T0 = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 T0_MS = T0.replace(microsecond=123000)
 
 Tamper = Callable[[str, int, str], Awaitable[None]]
+Edit = Callable[[str, int, dict[str, Any]], Awaitable[None]]
+"""Set stored fields of one entry (job_id, seq) directly in the store, behind the adapter."""
+
+EDITS: dict[str, tuple[Any, str]] = {
+    "event_id": (
+        "00000000-0000-4000-8000-000000000000",
+        "at seq 2: stored data names another job or event id",
+    ),
+    "job_id": ("job-9", "at seq 3: seq 3 where 2 was expected"),
+    "seq": (7, "at seq 3: seq 3 where 2 was expected"),
+    "type": ("completed", "at seq 2: stored type 'completed' is not the event's type 'heartbeat'"),
+    "attempt": (2, "at seq 2: stored attempt 2 is not the event's attempt 1"),
+    "occurred_at": (T0 - timedelta(days=1), "at seq 2: stored occurred_at 2030-05-05T07:08:09"),
+    "recorded_at": (T0_MS + timedelta(hours=1), "at seq 2: hash does not match"),
+    "prev_hash": ("e" * 64, "at seq 2: prev_hash does not match the previous entry's hash"),
+    "hash": ("f" * 64, "at seq 2: hash does not match the entry's content"),
+    "data": (None, "at seq 2: hash does not match the entry's content"),  # set from the entry
+}
+"""Each stored field of an entry, an edit of it, and what verify says of job-1 after it."""
 
 
 _SUBMISSION = {"source": "cloud", "job_type": "sync", "model": "llama", "priority": "bulk"}
@@ -58,6 +79,14 @@ def heartbeat(job_id: str, n: int = 0) -> Heartbeat:
 
 async def scan_raw(log: EventLog) -> list[StoredEvent]:
     return [entry async for entry in log.scan_raw()]
+
+
+def chained(entries: list[StoredEvent]) -> list[tuple[object, ...]]:
+    """What every adapter stores alike: all but occurred_at, kept at each store's precision."""
+    return [
+        (e.job_id, e.seq, e.event_id, e.recorded_at, e.prev_hash, e.hash, e.data, e.type, e.attempt)
+        for e in entries
+    ]
 
 
 async def test_open_event_log_picks_the_adapter_by_scheme_and_connects_to_nothing() -> None:
@@ -217,7 +246,9 @@ class EventLogContract:
         for event in batch:
             await reference.append(event, T0 + timedelta(seconds=1))
         for job in ("job-a", "job-b"):
-            assert await log.read_job_raw(job) == await reference.read_job_raw(job)
+            raw = await log.read_job_raw(job)
+            assert chained(raw) == chained(await reference.read_job_raw(job))
+            assert verify_chain(job, raw) is None
         assert await log.append_many([], T0) == []
         assert await log.count() == 5
 
@@ -281,6 +312,39 @@ class EventLogContract:
         assert recorded.event == event
         assert await log.read_job("a") == await log.read_job("a.*") == []
 
+    async def test_query_fields_are_read_raw_as_stored(self, log: EventLog) -> None:
+        event = heartbeat("job-1", 1)
+        await log.append(event, T0)
+        [raw] = await log.read_job_raw("job-1")
+        [scanned] = await scan_raw(log)
+        assert raw == scanned
+        assert (raw.type, raw.attempt, raw.flaw) == ("heartbeat", 1, None)
+        assert raw.occurred_at.utcoffset() == timedelta(0)
+        stored_at = event.occurred_at.replace(
+            microsecond=event.occurred_at.microsecond
+            - event.occurred_at.microsecond % (raw.occurred_at_unit // timedelta(microseconds=1))
+        )
+        assert raw.occurred_at == stored_at
+        assert raw.occurred_at_unit in {timedelta(microseconds=1), timedelta(milliseconds=1)}
+
+    @pytest.mark.parametrize("field", list(EDITS))
+    async def test_an_edit_of_any_stored_field_breaks_the_chain_at_that_entry(
+        self, log: EventLog, edit: Edit, field: str
+    ) -> None:
+        for n in range(3):
+            await log.append(heartbeat("job-1", n), T0)
+        [_, second, _] = await log.read_job_raw("job-1")
+        value, found = EDITS[field]
+        if field == "data":
+            value = second.data.replace("node-7", "node-8")
+        await edit("job-1", 2, {field: value})
+        broken = verify_chain("job-1", await log.read_job_raw("job-1"))
+        assert broken is not None
+        assert f"at seq {broken.seq}: {broken.reason}".startswith(found), broken
+        # The whole-log scan (what `jobtrail verify` reads) sees it as the per-job read does.
+        scanned = [e for e in await scan_raw(log) if e.job_id == "job-1"]
+        assert verify_chain("job-1", scanned) == broken
+
 
 class ServerBackedContract(EventLogContract):
     """Adds what only a real store has: outages, and rows someone could edit behind our back."""
@@ -330,6 +394,22 @@ class TestInMemoryEventLog(EventLogContract):
     def log(self) -> EventLog:
         return InMemoryEventLog(page_size=PAGE_SIZE)
 
+    @pytest.fixture
+    def edit(self, log: InMemoryEventLog) -> Edit:
+        async def edit(job_id: str, seq: int, fields: dict[str, Any]) -> None:
+            # White-box, as a process sharing the fake's memory could: the stored entry replaced.
+            entries = log._jobs[job_id]
+            [index] = [i for i, entry in enumerate(entries) if entry.seq == seq]
+            changed = replace(entries[index], **fields)
+            if changed.job_id != job_id:
+                del entries[index]
+                log._jobs.setdefault(changed.job_id, []).append(changed)
+            else:
+                entries[index] = changed
+                entries.sort(key=lambda entry: entry.seq)  # as a store's (job_id, seq) index reads
+
+        return edit
+
 
 class SqlContract(ServerBackedContract):
     @pytest.fixture
@@ -349,6 +429,18 @@ class SqlContract(ServerBackedContract):
             await engine.dispose()
 
         return tamper
+
+    @pytest.fixture
+    def edit(self, url: str) -> Edit:
+        async def edit(job_id: str, seq: int, fields: dict[str, Any]) -> None:
+            engine, c = create_async_engine(async_url(url)), events_table.c
+            async with engine.begin() as conn:
+                where = (c.job_id == job_id) & (c.seq == seq)
+                result = await conn.execute(update(events_table).where(where).values(fields))
+                assert result.rowcount == 1
+            await engine.dispose()
+
+        return edit
 
 
 class TestSqliteEventLog(SqlContract):
@@ -391,6 +483,18 @@ class TestMongoEventLog(ServerBackedContract):
         yield tamper
         await client.close()
 
+    @pytest.fixture
+    async def edit(self, mongo_url: str) -> AsyncIterator[Edit]:
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url)
+
+        async def edit(job_id: str, seq: int, fields: dict[str, Any]) -> None:
+            events = client.get_default_database().get_collection("events")
+            entry, change = {"job_id": job_id, "seq": seq}, {"$set": fields}
+            assert (await events.update_one(entry, change)).modified_count == 1
+
+        yield edit
+        await client.close()
+
     @pytest.mark.parametrize("rival_is_the_same_event", [False, True])
     async def test_a_batch_that_loses_a_race_midway_appends_the_rest_one_by_one(
         self, log: MongoEventLog, monkeypatch: pytest.MonkeyPatch, rival_is_the_same_event: bool
@@ -419,6 +523,42 @@ class TestMongoEventLog(ServerBackedContract):
         for job in ("job-a", "job-b"):
             assert verify_chain(job, await log.read_job_raw(job)) is None
         assert await log.count() == 5 - rival_is_the_same_event
+
+    @pytest.mark.parametrize(
+        ("options", "expected"),
+        [
+            ("", WriteConcern(w="majority", j=True)),
+            ("&w=1&journal=false", WriteConcern(w=1, j=False)),
+            ("&W=2&wtimeoutMS=50", WriteConcern(w=2, j=True, wtimeout=50)),
+            ("&journal=false", WriteConcern(w="majority", j=False)),
+            ("&w=0", WriteConcern(w=0)),
+        ],
+    )
+    async def test_writes_are_majority_and_journaled_unless_the_url_says_otherwise(
+        self, mongo_url: str, options: str, expected: WriteConcern
+    ) -> None:
+        # An event is acked to RabbitMQ once written: by default the write must be on a
+        # majority of the replica set and in its journal. The URL's options win.
+        log = MongoEventLog(mongo_url + options)
+        anchors = MongoAnchorStore(mongo_url + options)
+        try:
+            assert log._events.write_concern == expected
+            assert anchors._anchors.write_concern == anchors._events.write_concern == expected
+            if options == "":  # the server takes such writes, and reads them back
+                await log.ensure_schema()
+                event = submitted("job-durable")
+                outcomes = await log.append_many([event, heartbeat("job-durable")], T0)
+                assert [o.status for o in outcomes] == [AppendStatus.APPENDED] * 2
+                assert verify_chain("job-durable", await log.read_job_raw("job-durable")) is None
+        finally:
+            await log.close()
+            await anchors.close()
+
+    def test_a_write_concern_option_pymongo_does_not_know_is_a_clear_error(
+        self, mongo_url: str
+    ) -> None:
+        with pytest.raises(ValueError, match=r"invalid MongoDB URL: Unknown option: j\b"):
+            MongoEventLog(mongo_url + "&j=true")
 
     @pytest.fixture
     def unreachable_url(self) -> str:

@@ -315,6 +315,146 @@ def test_tampering_with_the_stored_log_is_detected(
     ]
 
 
+# --- every stored field of an entry is proven ---------------------------------------------------
+
+AT_SEQ_2 = f"BROKEN {VICTIM} at seq 2: "
+GAP_AT_3 = f"BROKEN {VICTIM} at seq 3: seq 3 where 2 was expected"
+FIELD_EDITS: dict[str, tuple[Any, list[str]]] = {
+    "event_id": (
+        "00000000-0000-4000-8000-000000000000",
+        [AT_SEQ_2 + "stored data names another job or event id"],
+    ),
+    "job_id": (
+        f"{VICTIM}-2",
+        [GAP_AT_3, f"BROKEN {VICTIM}-2 at seq 2: seq 2 where 1 was expected"],
+    ),
+    "seq": (9, [GAP_AT_3]),
+    "type": (
+        "completed",
+        [AT_SEQ_2 + "stored type 'completed' is not the event's type 'reserved'"],
+    ),
+    "attempt": (2, [AT_SEQ_2 + "stored attempt 2 is not the event's attempt 1"]),
+    "occurred_at": (
+        T - timedelta(hours=1),
+        [
+            AT_SEQ_2 + "stored occurred_at 2026-11-20T08:00:00+00:00 is not the event's "
+            "occurred_at 2026-11-20T09:00:00+00:00"
+        ],
+    ),
+    "recorded_at": (T + timedelta(seconds=61), [AT_SEQ_2 + "hash does not match"]),
+    "prev_hash": ("e" * 64, [AT_SEQ_2 + "prev_hash does not match the previous entry's hash"]),
+    "hash": ("f" * 64, [AT_SEQ_2 + "hash does not match the entry's content"]),
+    "data": (None, [AT_SEQ_2 + "hash does not match the entry's content"]),  # from the entry
+}
+"""Each stored field of the victim's seq 2 (reserved, attempt 1, occurred 09:00, recorded 09:01),
+an edit of it, and the lines ``jobtrail verify`` must print after it."""
+
+
+def _verify_names(env: dict[str, str], lines: list[str], job: str = VICTIM) -> None:
+    """``jobtrail verify`` (whole log, then ``--job``) exits 1 printing each of ``lines``, and
+    ``verify-range`` over the day prints the same."""
+    whole = jobtrail(env, "verify")
+    assert whole.code == 1, whole
+    broken = [line for line in whole.out.splitlines() if line.startswith("BROKEN")]
+    assert len(broken) == len(lines), whole.out
+    for wanted, got in zip(lines, broken, strict=True):
+        assert got.startswith(wanted), (wanted, got)
+    one = jobtrail(env, "verify", "--job", job)
+    assert one.code == 1 and one.out.splitlines()[0].startswith(lines[0]), one
+    ranged = jobtrail(env, "verify-range", "--since", DAY, "--until", "2026-11-21")
+    assert ranged.code == 1 and ranged.out.splitlines() == broken, ranged
+
+
+@pytest.mark.parametrize("field", list(FIELD_EDITS))
+def test_an_edit_of_any_stored_field_is_named_by_verify(
+    env: dict[str, str], stored: StoredLog, log_url: str, field: str
+) -> None:
+    asyncio.run(_seed(log_url))
+    assert jobtrail(env, "verify").code == 0
+    value, lines = FIELD_EDITS[field]
+    if field == "data":
+        value = stored.get(VICTIM, 2)["data"].replace('"node_id":"node-1"', '"node_id":"node-9"')
+    stored.set(VICTIM, 2, {field: value})
+    _verify_names(env, lines)
+
+
+MONGO_EDITS: list[tuple[dict[str, Any], list[str]]] = [
+    (
+        {"$set": {"note": "approved"}},
+        [AT_SEQ_2 + "stored entry has fields the log never writes: note"],
+    ),
+    ({"$unset": {"type": ""}}, [AT_SEQ_2 + "stored type is missing"]),
+    ({"$set": {"attempt": "1"}}, [AT_SEQ_2 + "stored attempt '1' is not an integer"]),
+    ({"$set": {"attempt": True}}, [AT_SEQ_2 + "stored attempt True is not an integer"]),
+    ({"$set": {"attempt": 1.0}}, [AT_SEQ_2 + "stored attempt 1.0 is not an integer"]),
+    (
+        {"$set": {"recorded_at": "2026-11-20T09:01:00Z"}},
+        [AT_SEQ_2 + "stored recorded_at '2026-11-20T09:01:00Z' is not an instant"],
+    ),
+    (
+        # Paging compares within one BSON type: the edited entry is read after all the others
+        # (here just after the victim's, so it joins their chain, broken at the gap already).
+        {"$set": {"seq": "2"}},
+        [GAP_AT_3],
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "lines"), MONGO_EDITS, ids=lambda v: str(v)[:40])
+def test_a_mongodb_document_changed_in_shape_is_named_by_verify(
+    mongo_url: str, tmp_path: Path, change: dict[str, Any], lines: list[str]
+) -> None:
+    env = {
+        "JOBTRAIL_LOG_URL": mongo_url,
+        "JOBTRAIL_SQL_URL": f"sqlite+aiosqlite:///{tmp_path / 'projections.db'}",
+    }
+    asyncio.run(_seed(mongo_url))
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_url, tz_aware=True)
+    try:
+        events = client.get_default_database()["events"]
+        assert events.update_one({"job_id": VICTIM, "seq": 2}, change).modified_count == 1
+    finally:
+        client.close()
+    whole = jobtrail(env, "verify")
+    assert whole.code == 1, whole
+    assert [line for line in whole.out.splitlines() if line.startswith("BROKEN")] == [
+        line for line in whole.out.splitlines() if any(line.startswith(x) for x in lines)
+    ]
+    for wanted in lines:
+        assert any(line.startswith(wanted) for line in whole.out.splitlines()), (wanted, whole)
+
+
+SQLITE_EDITS = [
+    ("attempt", "one", "stored attempt 'one' is not an integer"),
+    ("occurred_at", "garbage", "stored occurred_at 'garbage' is not an instant"),
+    # The same instant spelled otherwise: SQLite compares the text, so time-range queries
+    # (as-of, replay windows, anchors) would place the entry elsewhere.
+    (
+        "recorded_at",
+        "2026-11-20T09:01:00.000000",
+        "stored recorded_at '2026-11-20T09:01:00.000000'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("field", "text", "reason"), SQLITE_EDITS)
+def test_a_sqlite_value_of_another_type_or_form_is_named_by_verify(
+    sqlite_url: str, tmp_path: Path, field: str, text: str, reason: str
+) -> None:
+    env = {
+        "JOBTRAIL_LOG_URL": sqlite_url,
+        "JOBTRAIL_SQL_URL": f"sqlite+aiosqlite:///{tmp_path / 'projections.db'}",
+    }
+    asyncio.run(_seed(sqlite_url))
+    with closing(sqlite3.connect(sqlite_url.split("///", 1)[1])) as db:
+        db.execute(
+            f"UPDATE jobtrail_events SET {field} = ? WHERE job_id = ? AND seq = 2",
+            (text, VICTIM),
+        )
+        db.commit()
+    _verify_names(env, [AT_SEQ_2 + reason])
+
+
 def test_a_day_with_a_broken_chain_is_not_anchored(
     env: dict[str, str], stored: StoredLog, log_url: str
 ) -> None:

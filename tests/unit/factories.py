@@ -233,7 +233,21 @@ def stored_chain(
         at = event.occurred_at if recorded_ats is None else recorded_ats[seq - 1]
         data = canonical_json(event)
         digest = link_hash(event.job_id, seq, at, prev, data)
-        entries.append(StoredEvent(event.job_id, seq, str(event.event_id), at, prev, digest, data))
+        occurred_at = event.occurred_at.astimezone(UTC)
+        entries.append(
+            StoredEvent(
+                event.job_id,
+                seq,
+                str(event.event_id),
+                at,
+                prev,
+                digest,
+                data,
+                event.type,
+                event.attempt,
+                occurred_at,
+            )
+        )
         prev = digest
     return entries
 

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from app.domain.chain import (
     GENESIS_HASH,
+    MILLISECOND,
     ChainBreak,
     RecordedEvent,
     StoredEvent,
+    at_unit,
     link_hash,
     verify_chain,
 )
@@ -139,7 +141,16 @@ def test_an_inserted_entry_breaks_at_the_entry_it_displaces() -> None:
     data = canonical_json(intruder_event)
     digest = link_hash(JOB, 3, at(1.7), entries[1].hash, data)
     intruder = StoredEvent(
-        JOB, 3, str(intruder_event.event_id), at(1.7), entries[1].hash, digest, data
+        JOB,
+        3,
+        str(intruder_event.event_id),
+        at(1.7),
+        entries[1].hash,
+        digest,
+        data,
+        "heartbeat",
+        1,
+        at(1.7),
     )
     tampered = [*entries[:2], intruder, *entries[2:]]
     assert verify_chain(JOB, tampered) == ChainBreak(JOB, 3, "seq 3 where 4 was expected")
@@ -203,6 +214,63 @@ def test_data_that_is_not_an_event_breaks(data: str) -> None:
     assert verify_chain(JOB, relinked) == ChainBreak(JOB, 3, "stored data is not a valid event")
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"type": "completed"}, "stored type 'completed' is not the event's type 'failed'"),
+        ({"attempt": 2}, "stored attempt 2 is not the event's attempt 1"),
+        ({"attempt": True}, "stored attempt True is not the event's attempt 1"),
+        (
+            {"occurred_at": at(2) + timedelta(microseconds=1)},
+            "stored occurred_at 2024-01-01T12:00:02.000001+00:00 is not the event's occurred_at "
+            "2024-01-01T12:00:02+00:00",
+        ),
+        (
+            {"occurred_at": at(2).replace(tzinfo=None)},
+            "stored occurred_at datetime.datetime(2024, 1, 1, 12, 0, 2) is not the event's "
+            "occurred_at 2024-01-01T12:00:02+00:00",
+        ),
+    ],
+)
+def test_a_query_field_that_disagrees_with_the_hashed_data_breaks_at_that_seq(
+    change: dict[str, object], reason: str
+) -> None:
+    # These fields sit beside the hashed text (filters and indexes read them): the hash
+    # still matches, so only comparing them with the data finds the edit.
+    entries = chain()
+    entries[2] = replace(entries[2], **change)  # type: ignore[arg-type]
+    assert verify_chain(JOB, entries) == ChainBreak(JOB, 3, reason)
+
+
+def test_occurred_at_is_compared_at_the_stores_precision() -> None:
+    event = f.failed(at=at(2) + timedelta(microseconds=123_456))
+    [entry] = f.stored_chain([event], [at(3)])
+    exact = entry.occurred_at
+    assert exact.microsecond == 123_456
+    assert verify_chain(JOB, [entry]) is None
+    as_bson = replace(
+        entry, occurred_at=exact.replace(microsecond=123_000), occurred_at_unit=MILLISECOND
+    )
+    assert verify_chain(JOB, [as_bson]) is None
+    # Cut to milliseconds is not what a microsecond store holds, nor the next millisecond.
+    assert verify_chain(JOB, [replace(as_bson, occurred_at_unit=entry.occurred_at_unit)])
+    assert verify_chain(JOB, [replace(as_bson, occurred_at=exact.replace(microsecond=124_000))])
+
+
+def test_at_unit_cuts_toward_the_past_in_utc() -> None:
+    moment = datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=2)))
+    assert at_unit(moment, MILLISECOND) == datetime(1969, 12, 31, 21, 59, 59, 999_000, tzinfo=UTC)
+    assert at_unit(moment, MILLISECOND).tzinfo is UTC
+
+
+def test_a_flaw_the_store_found_breaks_at_that_seq_before_anything_else() -> None:
+    entries = chain()
+    entries[1] = replace(entries[1], flaw="stored entry has fields the log never writes: x")
+    assert verify_chain(JOB, entries) == ChainBreak(
+        JOB, 2, "stored entry has fields the log never writes: x"
+    )
+
+
 def test_link_hash_covers_every_input() -> None:
     args = (JOB, 1, T0, GENESIS_HASH, '{"a":1}')
     base = link_hash(*args)
@@ -235,6 +303,12 @@ def test_a_recorded_event_knows_its_job() -> None:
     assert RecordedEvent(1, datetime(2024, 1, 1, tzinfo=UTC), "", "", event).job_id == "job-9"
 
 
+STORED_FIELDS = (
+    *("data", "hash", "prev_hash", "recorded_at", "seq"),
+    *("type", "attempt", "occurred_at", "event_id", "job_id"),
+)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     events=st.lists(f.any_events(), min_size=1, max_size=8),
@@ -246,7 +320,7 @@ def test_any_change_to_any_entry_is_found_at_that_seq(
     entries = f.stored_chain(events)
     assert verify_chain(JOB, entries) is None
     index = data.draw(st.integers(min_value=0, max_value=len(entries) - 1))
-    field = data.draw(st.sampled_from(["data", "hash", "prev_hash", "recorded_at", "seq"]))
+    field = data.draw(st.sampled_from(STORED_FIELDS))
     entry = entries[index]
     changed = {
         "data": lambda: with_data(entry, source="mallory"),
@@ -254,6 +328,13 @@ def test_any_change_to_any_entry_is_found_at_that_seq(
         "prev_hash": lambda: replace(entry, prev_hash="e" * 64),
         "recorded_at": lambda: replace(entry, recorded_at=entry.recorded_at + timedelta(seconds=1)),
         "seq": lambda: replace(entry, seq=entry.seq + 1),
+        "type": lambda: replace(
+            entry, type="dead_lettered" if entry.type != "dead_lettered" else "x"
+        ),
+        "attempt": lambda: replace(entry, attempt=entry.attempt + 1),
+        "occurred_at": lambda: replace(entry, occurred_at=entry.occurred_at - timedelta(seconds=1)),
+        "event_id": lambda: replace(entry, event_id=str(f.new_id())),
+        "job_id": lambda: replace(entry, job_id="job-other"),
     }[field]()
     entries[index] = changed
     found = verify_chain(JOB, entries)
