@@ -21,12 +21,12 @@ import aio_pika
 import aiormq
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.adapters.mongo_log import mongo_client
 from app.adapters.sql_schema import alembic_config, make_engine
 
 HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
@@ -205,9 +205,10 @@ def _revisions(connection: Connection) -> tuple[str | None, str | None]:
 
 async def check_mongo(url: str) -> Check:
     """The MongoDB log answers a ping."""
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-        url, serverSelectionTimeoutMS=int(TIMEOUT_S * 1000)
-    )
+    try:
+        client = mongo_client(url, int(TIMEOUT_S * 1000))
+    except (PyMongoError, ValueError) as exc:
+        return Check("event log", False, f"the MongoDB URL is refused: {exc}", "correct the URL")
     try:
         await client.admin.command("ping")
     except PyMongoError as exc:
