@@ -13,6 +13,7 @@ from app.adapters import rabbit
 from app.adapters.rabbit_acks import BatchAcks
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from app.bootstrap import Tracking
+from app.ports import WriteRefused
 from app.services.broker_signals import broker_dead_letter
 from app.services.ingest import DeliveryAbandoned
 from app.services.partitions import PartitionCoordinator
@@ -124,7 +125,10 @@ def create_app(tracking: Tracking) -> FastStream:
             assert reason is not None
             await tracking.publisher.quarantine(dead.body, reason, {})
             return
-        await tracking.batcher.submit(event)
+        try:
+            await tracking.batcher.submit(event)
+        except WriteRefused as exc:  # never storable: park it rather than nack it forever
+            await tracking.publisher.quarantine(dead.body, f"refused_by_store: {exc}", {})
 
     coordinator = tracking.coordinator = partition_coordinator(tracking)
     return FastStream(
