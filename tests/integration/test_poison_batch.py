@@ -88,10 +88,10 @@ async def _ready(url: str, queue: str) -> int:
         await connection.close()
 
 
-async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
     try:
-        async with asyncio.timeout(timeout):
-            while not await check():
+        async with asyncio.timeout(within):
+            while not await check():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
