@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 import pytest
@@ -17,19 +17,27 @@ import pytest
 from app.adapters.clock import SystemClock
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_store import InMemoryProjectionStore
-from app.domain.events import JobEvent
+from app.domain.events import JobEvent, Reserved
 from app.ports import (
     AppendOutcome,
     LogUnavailable,
     OutboxMessage,
     ProjectionUnavailable,
+    ProjectionUpdate,
     TimerRow,
     WriteRefused,
 )
 from app.services.ingest import Batcher, Health, Ingestor
 from app.services.relay import OutboxRelay, TimerLoop
 from app.services.tracking import Tracker
-from tests.unit.test_tracking_service import POLICY, FakePublisher, submitted
+from tests.unit.test_tracking_service import (
+    POLICY,
+    T0,
+    FakeClock,
+    FakePublisher,
+    env,
+    submitted,
+)
 
 
 class RefusingLog(InMemoryEventLog):
@@ -198,3 +206,31 @@ async def test_an_outage_seen_by_a_loop_degrades_health_and_clears_without_any_e
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert health.ok, "cleared by the loop itself: no event went through the batcher"
+
+
+class RefusingStore(InMemoryProjectionStore):
+    """Refuses any projection transaction touching a job in ``poison``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poison: set[str] = set()
+
+    async def apply(
+        self, updates: Sequence[ProjectionUpdate], checkpoints: Mapping[str, str] | None = None
+    ) -> None:
+        if any(u.job.job_id in self.poison for u in updates):
+            raise WriteRefused("the projection store rejected the projection batch: too long")
+        await super().apply(updates, checkpoints)
+
+
+async def test_a_job_the_store_refuses_does_not_hold_back_the_timers_claimed_with_it() -> None:
+    store, clock = RefusingStore(), FakeClock()
+    tracker = Tracker(InMemoryEventLog(), store, POLICY, clock)
+    jobs = [f"j{i}" for i in range(10)]
+    await tracker.record([e for j in jobs for e in (submitted(j), Reserved(**env(j), node_id="n"))])
+    store.poison = {"j3"}
+    clock.at = T0 + timedelta(minutes=5)  # every lease ran out
+    assert await tracker.fire_due_timers() == 10
+    statuses = {j: row.status for j in jobs if (row := await store.get_job(j)) is not None}
+    assert statuses.pop("j3") == "reserved", "its projection was refused: left as it was"
+    assert "reserved" not in statuses.values(), f"the other 9 were settled: {statuses}"
