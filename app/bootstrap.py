@@ -162,7 +162,7 @@ def build_tracking(settings: Settings) -> Tracking:
         max_priority=readers.policy.document.max_priority,
     )
     health = Health()
-    relay = OutboxRelay(readers.store, publisher, clock)
+    relay = OutboxRelay(readers.store, publisher, clock, health=health)
     tracker = Tracker(readers.log, readers.store, readers.policy, clock, on_outbox=relay.wake)
     batcher = Batcher(
         tracker.record, health, max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
@@ -175,6 +175,7 @@ def build_tracking(settings: Settings) -> Tracking:
         batcher,
         clock,
         settings.partitions,
+        health=health,
     )
     return Tracking(
         settings=settings,

@@ -28,6 +28,14 @@ class ProjectionUnavailable(StoreUnavailable):
     """The SQL projection store could not be reached or failed transiently."""
 
 
+class WriteRefused(ValueError):
+    """The store refused the data itself (a value it cannot hold, a constraint it enforces).
+
+    Not an outage: writing the same data again fails the same way, so the write is never
+    retried as it is. Ingestion isolates the event at fault and quarantines it with this reason.
+    """
+
+
 class PublishFailed(Exception):
     """The broker did not confirm a publish (unroutable, nacked, or disconnected)."""
 

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, uri_parser
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
 from app.adapters.memory_log import (
     DEFAULT_PAGE_SIZE,
@@ -31,13 +32,14 @@ from app.adapters.memory_log import (
 )
 from app.domain.chain import GENESIS_HASH, MILLISECOND, RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
-from app.ports import AppendOutcome, LogUnavailable
+from app.ports import AppendOutcome, LogUnavailable, WriteRefused
 
 Document = dict[str, Any]
 
 DEFAULT_DATABASE = "jobtrail"
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 COLLECTION = "events"
+DUPLICATE_KEY = 11000
 INDEXES = (
     IndexModel([("event_id", ASCENDING)], name="event_id_unique", unique=True),
     IndexModel([("job_id", ASCENDING), ("seq", ASCENDING)], name="job_seq_unique", unique=True),
@@ -70,11 +72,26 @@ _Planned = StoredEvent | AppendOutcome
 
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
-    """Turn every driver error into ``LogUnavailable``: none may cross the adapter."""
+    """Turn every driver error into a port's error: none may cross the adapter.
+
+    A document the server refuses (a write error other than a duplicate key: a collection
+    validator, a limit) or the client cannot encode (``InvalidDocument``, ``DocumentTooLarge``)
+    is ``WriteRefused``; everything else is ``LogUnavailable``, retried.
+    """
     try:
         yield
+    except WriteError as exc:
+        if exc.code == DUPLICATE_KEY:
+            raise LogUnavailable(f"MongoDB event log: {action} failed: {exc}") from exc
+        raise WriteRefused(f"MongoDB refused {action}: {exc.code}: {_first_line(exc)}") from exc
+    except InvalidDocument as exc:
+        raise WriteRefused(f"MongoDB refused {action}: {_first_line(exc)}") from exc
     except (PyMongoError, OSError) as exc:
         raise LogUnavailable(f"MongoDB event log: {action} failed: {exc}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _stored(doc: Mapping[str, Any]) -> StoredEvent:

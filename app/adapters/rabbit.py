@@ -66,11 +66,30 @@ async def publish_to_queue(
     confirm_within: float,
 ) -> None:
     """Publish straight to ``queue`` (the default exchange), mandatory and confirmed."""
-    confirmation = await channel.default_exchange.publish(
-        message, routing_key=queue, mandatory=True, timeout=confirm_within
+    await publish_confirmed(channel.default_exchange, message, queue, confirm_within)
+
+
+async def publish_confirmed(
+    exchange: aio_pika.abc.AbstractExchange,
+    message: aio_pika.Message,
+    routing_key: str,
+    confirm_within: float,
+) -> None:
+    """Publish mandatory and wait (at most ``confirm_within`` s) for the broker's ``basic.ack``.
+
+    Anything else fails: a ``basic.nack``, a return (the message reached no queue; on a channel
+    without ``on_return_raises`` it comes back as the result), a timeout or a lost channel
+    (raised by aio-pika as one of ``BROKER_ERRORS``) or a channel opened without confirms
+    (``None``).
+    """
+    confirmation = await exchange.publish(
+        message, routing_key=routing_key, mandatory=True, timeout=confirm_within
     )
     if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-        raise PublishFailed(f"broker did not confirm the publish to {queue}: {confirmation!r}")
+        raise PublishFailed(
+            f"broker did not confirm the publish to {exchange.name or 'the default exchange'} "
+            f"({routing_key}): {confirmation!r}"
+        )
 
 
 def partition_queue(index: int) -> str:
@@ -145,7 +164,11 @@ class RabbitPublisher:
             raise PublishFailed(f"publish to {message.routing_key} failed: {exc!r}") from exc
 
     async def rekey(self, body: bytes, routing_key: str, job_id: str) -> None:
-        """Publish an event again with its job-id header, so its job's partition gets it."""
+        """Publish an event again with its job-id header, so its job's partition gets it.
+
+        Returns only once the broker confirmed the copy (persistent, routed to a queue); raises
+        ``PublishFailed`` otherwise, and the caller must then not acknowledge the original.
+        """
         try:
             channel = await self._live_channel()
             message = aio_pika.Message(
@@ -155,7 +178,7 @@ class RabbitPublisher:
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
-            await exchange.publish(message, routing_key=routing_key, mandatory=True)
+            await publish_confirmed(exchange, message, routing_key, self._timeout)
         except BROKER_ERRORS as exc:
             raise PublishFailed(f"re-publishing an event for {job_id} failed: {exc!r}") from exc
 

@@ -49,9 +49,10 @@ from app.adapters.memory_log import (
     raw_entry,
     truncate_ms,
 )
+from app.adapters.sql_errors import is_unique_violation, refusal_reason, refuses_data
 from app.domain.chain import GENESIS_HASH, MICROSECOND, RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
-from app.ports import AppendOutcome, LogUnavailable
+from app.ports import AppendOutcome, LogUnavailable, WriteRefused
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 PG_CONNECT_TIMEOUT_SECONDS = 10
@@ -165,6 +166,10 @@ def _instant(value: object) -> object:
     return value
 
 
+def _refused(what: str, exc: BaseException) -> WriteRefused:
+    return WriteRefused(f"the SQL event log refused {what}: {refusal_reason(exc)}")
+
+
 def _stored(row: _AnyRow) -> StoredEvent:
     """The entry as stored, every column of it: SQLite columns hold any type, so check them."""
     fields = dict(row._mapping)
@@ -216,14 +221,18 @@ class SqlEventLog:
                 ).first()
                 entry = chain_entry(event, at) if tip is None else chain_entry(event, at, *tip)
                 await conn.execute(events_table.insert().values(entry_fields(entry)))
-        except IntegrityError:
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise _refused(f"job {event.job_id!r}'s event", exc) from exc
             # The failed transaction is gone; the event_id tells which unique index fired.
             return await self._stored_outcome(str(event.event_id))
         except OperationalError as exc:
             if _is_locked(exc):
                 return None
             raise _unavailable("append", exc) from exc
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, UnicodeError) as exc:
+            if refuses_data(exc):
+                raise _refused(f"job {event.job_id!r}'s event", exc) from exc
             raise _unavailable("append", exc) from exc
         return appended(entry)
 
@@ -255,13 +264,17 @@ class SqlEventLog:
                 outcomes, rows = _plan(events, at, known, tips)
                 if rows:
                     await conn.execute(events_table.insert(), rows)
-        except IntegrityError:
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise _refused("a batch of events", exc) from exc
             return None
         except OperationalError as exc:
             if _is_locked(exc):
                 return None
             raise _unavailable("append", exc) from exc
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, UnicodeError) as exc:
+            if refuses_data(exc):
+                raise _refused("a batch of events", exc) from exc
             raise _unavailable("append", exc) from exc
         return outcomes
 

@@ -15,9 +15,10 @@ from typing import Any
 
 from sqlalchemy import Table, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.adapters.sql_errors import refusal_reason, refuses_data
 from app.adapters.sql_models import (
     attempts,
     checkpoints,
@@ -33,6 +34,7 @@ from app.ports import (
     ProjectionUnavailable,
     ProjectionUpdate,
     TimerRow,
+    WriteRefused,
 )
 
 DEFAULT_PAGE_SIZE = 1000
@@ -43,32 +45,18 @@ _ATTEMPT_COLUMNS = [attempts.c[f.name] for f in fields(AttemptRow)]
 _OUTBOX_COLUMNS = [outbox.c[f.name] for f in fields(OutboxMessage)]
 
 
-# SQLSTATE classes of rejected data: 22 data exception, 23 integrity constraint violation.
-_REJECTED_SQLSTATES = ("22", "23")
-
-
-def _rejects_data(exc: DBAPIError) -> bool:
-    """Whether the database refused the data itself (retrying the same rows cannot help)."""
-    if isinstance(exc, IntegrityError | DataError):
-        return True
-    # asyncpg's errors (even a value it cannot encode) reach SQLAlchemy as generic DBAPIErrors
-    # that carry the SQLSTATE.
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate.startswith(_REJECTED_SQLSTATES)
-
-
 @contextmanager
 def _driver_errors(action: str) -> Iterator[None]:
-    """Translate driver errors: rejected data → ValueError, the rest → ProjectionUnavailable."""
+    """Translate driver errors: refused data → WriteRefused, the rest → ProjectionUnavailable."""
     try:
         yield
-    except DBAPIError as exc:
-        if _rejects_data(exc):
-            raise ValueError(f"the projection store rejected {action}: {exc.orig}") from exc
-        raise ProjectionUnavailable(f"{action} failed: {exc.orig!r}") from exc
-    except StatementError as exc:
-        raise ValueError(f"the projection store rejected {action}: {exc.orig!r}") from exc
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, UnicodeError) as exc:
+        if refuses_data(exc):
+            raise WriteRefused(
+                f"the projection store rejected {action}: {refusal_reason(exc)}"
+            ) from exc
+        raise ProjectionUnavailable(f"{action} failed: {getattr(exc, 'orig', exc)!r}") from exc
+    except OSError as exc:
         raise ProjectionUnavailable(f"{action} failed: {exc!r}") from exc
 
 
@@ -136,11 +124,12 @@ def _set_all(statement: Any, table: Table) -> dict[str, Any]:
 class SqlProjectionStore(EngineHolder):
     """ProjectionStore on PostgreSQL or SQLite; an invalid row makes ``apply`` raise ValueError.
 
-    ``apply`` raises ``ValueError`` (and commits nothing) when the database rejects a row (a None
-    in a NOT NULL column, a value too long for PostgreSQL) and ``ProjectionUnavailable`` when the
-    database cannot be reached, fails transiently or lacks the schema (run ``migrate``). An outbox
-    message without ``created_at`` is stamped with the time of the ``apply``. Given an engine, pass
-    one from ``make_engine`` (on SQLite its writers then wait for the lock instead of failing).
+    ``apply`` raises ``WriteRefused`` (a ValueError; it commits nothing) when the database
+    refuses a row (a None in a NOT NULL column, a value too long for PostgreSQL) and
+    ``ProjectionUnavailable`` when the database cannot be reached, fails transiently or lacks
+    the schema (run ``migrate``). An outbox message without ``created_at`` is stamped with the
+    time of the ``apply``. Given an engine, pass one from ``make_engine`` (on SQLite its writers
+    then wait for the lock instead of failing).
     """
 
     def __init__(

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 OTHER = "other"
 MAX_LABEL_VALUES = 64
-QUARANTINE_REASONS = ("invalid_utf8", "invalid_json", "invalid_event")
+QUARANTINE_REASONS = ("invalid_utf8", "invalid_json", "invalid_event", "refused_by_store")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LABEL = re.compile(r"^[a-z0-9_.:-]{1,64}$")
 UNMATCHED_ROUTE = "unmatched"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any, NamedTuple
@@ -13,12 +14,15 @@ from app.adapters import rabbit
 from app.adapters.rabbit_acks import BatchAcks
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from app.bootstrap import Tracking
+from app.ports import PublishFailed, WriteRefused
 from app.services.broker_signals import broker_dead_letter
 from app.services.ingest import DeliveryAbandoned
 from app.services.partitions import PartitionCoordinator
 
 log = logging.getLogger("jobtrail.worker")
 
+PUBLISH_RETRY_PAUSE = 1.0
+"""Seconds before a delivery whose re-key or quarantine publish failed is given back."""
 _EPOCH = re.compile(r"[0-9a-f]{32}")  # a barrier epoch; any other header value is not a marker
 
 
@@ -124,7 +128,10 @@ def create_app(tracking: Tracking) -> FastStream:
             assert reason is not None
             await tracking.publisher.quarantine(dead.body, reason, {})
             return
-        await tracking.batcher.submit(event)
+        try:
+            await tracking.batcher.submit(event)
+        except WriteRefused as exc:  # never storable: park it rather than nack it forever
+            await tracking.publisher.quarantine(dead.body, f"refused_by_store: {exc}", {})
 
     coordinator = tracking.coordinator = partition_coordinator(tracking)
     return FastStream(
@@ -192,6 +199,13 @@ def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) ->
                 await ingestor.accept(message.body, keyed=message.keyed, partition=index)
             except DeliveryAbandoned:
                 return  # handed back to the broker with the partition: not an error
+            except PublishFailed:
+                # A re-keyed copy (or a quarantined one) was not confirmed: the original is not
+                # acknowledged. Given back after a pause, so a broker in trouble does not spend
+                # the queue's delivery limit in a second of retries.
+                await asyncio.sleep(PUBLISH_RETRY_PAUSE)
+                await acks.nack(message.raw)
+                raise
             except Exception:
                 await acks.nack(message.raw)
                 raise

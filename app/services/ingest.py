@@ -2,7 +2,9 @@
 
 A message is acknowledged only when its ``submit`` returns: after the durable commit of its
 batch, or after it was safely quarantined. A store outage never fails a message: the batch is
-retried with backoff while the messages stay unacknowledged.
+retried with backoff while the messages stay unacknowledged. A write the store refuses is not an
+outage: the batch is split until the event at fault stands alone, that event is quarantined with
+the store's reason, and its batch-mates are recorded (docs/reliability.md, "Poison isolation").
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from app.domain.events import JobEvent, parse_event
-from app.ports import Publisher, StoreUnavailable
+from app.ports import Publisher, StoreUnavailable, WriteRefused
 
 log = logging.getLogger("jobtrail.ingest")
 
@@ -72,16 +74,35 @@ class DeliveryAbandoned(Exception):
 
 @dataclass
 class Health:
-    """What /healthz and the logs say about the stores."""
+    """What /healthz and the logs say about the stores, fed by every background loop.
 
-    degraded_reason: str | None = None
+    Each loop (the batcher, the timer loop, the outbox relay, the ring keeper) degrades its own
+    entry when it meets an outage and clears it when that loop next succeeds: the tracker is ok
+    when no loop is degraded, without waiting for an event to pass through the batcher.
+    """
+
+    reasons: dict[str, str] = field(default_factory=dict)
+    """loop name -> why that loop is degraded now."""
+
+    def degrade(self, loop: str, reason: str) -> None:
+        self.reasons[loop] = reason
+
+    def recover(self, loop: str) -> None:
+        self.reasons.pop(loop, None)
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """The reasons of the degraded loops (``loop: reason; ...``), or None when all are ok."""
+        if not self.reasons:
+            return None
+        return "; ".join(f"{loop}: {why}" for loop, why in sorted(self.reasons.items()))
 
     @property
     def ok(self) -> bool:
-        return self.degraded_reason is None
+        return not self.reasons
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one per delivery
 class _Pending:
     event: JobEvent | None
     """None for a flush: done once everything queued before it is recorded."""
@@ -170,27 +191,57 @@ class Batcher:
         delay = 0.1
         while True:
             try:
-                events = [p.event for p in batch if p.event is not None]
-                if events:
-                    await self.record(events)
+                failed = await self._record_isolating(batch)
             except StoreUnavailable as exc:
-                self.health.degraded_reason = f"store unavailable: {exc}"
+                self.health.degrade("batcher", f"store unavailable: {exc}")
                 log.warning("store unavailable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
-            except Exception as exc:  # a bug: fail these messages so the broker redelivers them
-                log.exception("recording a batch failed")
-                for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
-                return
-            self.health.degraded_reason = None
-            self.recorded += len(events)
+            self.health.recover("batcher")
             for pending in batch:
-                if not pending.done.done():
+                if pending.done.done():
+                    continue
+                if pending in failed:
+                    pending.done.set_exception(failed[pending])
+                else:
+                    self.recorded += pending.event is not None
                     pending.done.set_result(None)
             return
+
+    async def _record_isolating(self, batch: list[_Pending]) -> dict[_Pending, Exception]:
+        """Record ``batch``; the events at fault, with their errors, when it fails for good.
+
+        A batch that fails for any reason but an outage is split in halves, each recorded in
+        turn (so each job's events keep their order), until the events at fault stand alone:
+        one event the store refuses costs its batch-mates a few more round trips, not their
+        acknowledgement. An outage (``StoreUnavailable``) is raised: the caller retries the
+        whole batch, and what was recorded meanwhile is then a duplicate, a no-op.
+        """
+        events = [p.event for p in batch if p.event is not None]
+        if not events:
+            return {}
+        try:
+            await self.record(events)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(events) > 1:
+                half = len(batch) // 2
+                return await self._record_isolating(batch[:half]) | await self._record_isolating(
+                    batch[half:]
+                )
+            _report_failure(events[0], exc)
+            return {p: exc for p in batch if p.event is not None}
+        return {}
+
+
+def _report_failure(event: JobEvent, exc: Exception) -> None:
+    where = {"event_id": str(event.event_id), "job_id": event.job_id, "type": event.type}
+    if isinstance(exc, WriteRefused):
+        log.warning("the store refused an event: %s", exc, extra=where)
+    else:  # a bug: its message is nacked, and the broker's delivery limit takes it in the end
+        log.error("recording an event failed", exc_info=exc, extra=where)
 
 
 @dataclass
@@ -264,16 +315,26 @@ class Ingestor:
         event, reason = rejection_reason(body)
         if event is None:
             assert reason is not None
-            await self.publisher.quarantine(body, reason, {})
-            log.info("quarantined", extra={"reason": reason})
-            if self.quarantined is not None:
-                self.quarantined(reason.split(":", 1)[0])
+            await self._quarantine(body, reason)
             return
         if not keyed and self.rekey_unkeyed:
             # Without the header the broker cannot tell the job's partition: send it again
-            # with the header, so the job's owner records it.
+            # with the header, so the job's owner records it. Returns once the broker confirmed
+            # the copy (else raises: this one is then not acknowledged, and comes back).
             await self.publisher.rekey(body, f"job.{event.type}", event.job_id)
             return
+        try:
+            await self._record(event, partition)
+        except WriteRefused as exc:  # the store will never take it: park it, with the reason
+            await self._quarantine(body, f"refused_by_store: {exc}")
+
+    async def _quarantine(self, body: bytes, reason: str) -> None:
+        await self.publisher.quarantine(body, reason, {})
+        log.info("quarantined", extra={"reason": reason})
+        if self.quarantined is not None:
+            self.quarantined(reason.split(":", 1)[0])
+
+    async def _record(self, event: JobEvent, partition: int | None) -> None:
         held = self._held.get(partition) if partition is not None else None
         if held is None:
             await self.batcher.submit(event)

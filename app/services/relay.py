@@ -41,8 +41,9 @@ class TimerLoop:
             try:
                 fired = await self.tracker.fire_due_timers()
                 pause = await self.idle_pause() if fired == 0 else 0.0
+                self.health.recover("timers")
             except StoreUnavailable as exc:
-                self.health.degraded_reason = f"store unavailable: {exc}"
+                self.health.degrade("timers", f"store unavailable: {exc}")
                 log.warning("timer loop: store unavailable: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -80,6 +81,8 @@ class OutboxRelay:
     """Consecutive failed publishes that end a pass: the broker itself is in trouble."""
     park_initial: float = 1.0
     park_max: float = 60.0
+    health: Health | None = None
+    """Told when a pass fails for an outage (store or broker) and when one succeeds again."""
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _parked: dict[str, tuple[float, float]] = field(default_factory=dict)
     """event_id -> (monotonic time of its next attempt, its current delay)."""
@@ -98,7 +101,11 @@ class OutboxRelay:
             try:
                 sent = await self.drain_once()
                 delay = 0.2
+                if self.health is not None:
+                    self.health.recover("relay")
             except (StoreUnavailable, PublishFailed) as exc:
+                if self.health is not None:
+                    self.health.degrade("relay", f"{type(exc).__name__}: {exc}")
                 log.warning("outbox relay: retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

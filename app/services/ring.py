@@ -34,7 +34,7 @@ from functools import partial
 from typing import TypeVar
 
 from app.ports import BarrierStore, Clock, PublishFailed, RingBroker, StoreUnavailable
-from app.services.ingest import Batcher, Ingestor
+from app.services.ingest import Batcher, Health, Ingestor
 
 log = logging.getLogger("jobtrail.ring")
 
@@ -56,6 +56,8 @@ class RingKeeper:
     poll: float = 0.1
     takeover_after: float = 10.0
     max_backoff: float = 5.0
+    health: Health | None = None
+    """Told when the ring keeper meets an outage and when it gets past it."""
     barriers: int = 0
     """Barriers this tracker led to the end (for metrics and tests)."""
     _ensuring: asyncio.Task[None] | None = None
@@ -79,11 +81,14 @@ class RingKeeper:
             try:
                 if not leading:
                     if await self.broker.ring_exists():
+                        self._recover()
                         return
                     leading = True
                 await self._lead_once()  # False: another tracker leads (or will take over)
+                self._recover()
                 return
             except (PublishFailed, StoreUnavailable) as exc:
+                self._degrade(f"{type(exc).__name__}: {exc}")
                 log.warning("ring: cannot rebuild yet, retrying in %.1fs: %s", delay, exc)
             except Exception:  # a bug must not leave the ring unbuilt: log, back off, go on
                 log.exception("ring: rebuilding failed; retrying")
@@ -186,11 +191,23 @@ class RingKeeper:
         delay = self.poll
         while True:
             try:
-                return await attempt()
+                result = await attempt()
             except StoreUnavailable as exc:
+                self._degrade(f"store unavailable: {exc}")
                 log.warning("ring: store unavailable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
+                continue
+            self._recover()
+            return result
+
+    def _degrade(self, reason: str) -> None:
+        if self.health is not None:
+            self.health.degrade("ring", reason)
+
+    def _recover(self) -> None:
+        if self.health is not None:
+            self.health.recover("ring")
 
 
 def _log_failure(task: asyncio.Task[bool]) -> None:

@@ -19,7 +19,15 @@ from app.domain.events import JobEvent
 from app.domain.machine import fold
 from app.domain.policy import Policy
 from app.domain.state import JobState
-from app.ports import AppendOutcome, AppendStatus, Clock, EventLog, ProjectionStore
+from app.ports import (
+    AppendOutcome,
+    AppendStatus,
+    Clock,
+    EventLog,
+    ProjectionStore,
+    StoreUnavailable,
+    WriteRefused,
+)
 from app.services.projection import projection_update
 
 MAX_DECISIONS_PER_SETTLE = 8
@@ -86,10 +94,31 @@ class Tracker:
         now = self.clock.now()
         due = await self.store.claim_due_timers(now, limit, TIMER_CLAIM)
         if due:
-            await self.settle([t.job_id for t in due], now)
+            await self._settle_isolating([t.job_id for t in due], now)
         if self.on_timer_lag is not None:
             self.on_timer_lag((now - due[0].due_at).total_seconds() if due else 0.0)
         return len(due)
+
+    async def _settle_isolating(self, job_ids: Sequence[str], now: datetime) -> None:
+        """``settle``, isolating the jobs at fault when it fails for a reason but an outage.
+
+        One job whose projection the store refuses must not hold back every timer claimed with
+        it, pass after pass: the jobs are halved until the ones at fault stand alone, and every
+        other job is settled. A job left out is logged; its claim runs out and it is tried
+        again later.
+        """
+        try:
+            await self.settle(job_ids, now)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(job_ids) == 1:
+                level = logging.WARNING if isinstance(exc, WriteRefused) else logging.ERROR
+                log.log(level, "settling job %s failed: %s", job_ids[0], exc, exc_info=exc)
+                return
+            half = len(job_ids) // 2
+            await self._settle_isolating(job_ids[:half], now)
+            await self._settle_isolating(job_ids[half:], now)
 
     async def _decide_all(
         self,

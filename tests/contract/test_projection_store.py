@@ -22,6 +22,7 @@ from app.ports import (
     ProjectionUnavailable,
     ProjectionUpdate,
     TimerRow,
+    WriteRefused,
 )
 from tests import servers
 
@@ -438,6 +439,6 @@ class TestPostgresProjectionStore(SqlContract):
 
     @pytest.mark.parametrize("broken", REFUSED_BY_POSTGRES.values(), ids=REFUSED_BY_POSTGRES.keys())
     async def test_unstorable_value_is_rejected(self, store: Store, broken: AttemptRow) -> None:
-        with pytest.raises(ValueError, match="rejected"):
+        with pytest.raises(WriteRefused, match="rejected"):  # a refusal, never an outage
             await store.apply([ProjectionUpdate(job=job(), attempts=[broken])])
         assert await store.get_job("job-1") is None

@@ -456,7 +456,8 @@ async def test_healthz_is_ok_then_degraded_from_the_tracker_or_the_sql_ping(
     backend: Backend, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    health = Health(degraded_reason="store unavailable: the log does not answer")
+    health = Health()
+    health.degrade("batcher", "store unavailable: the log does not answer")
     async with client_of(backend.app(health=health)) as degraded:
         response = await degraded.get("/healthz")
         assert response.status_code == 503

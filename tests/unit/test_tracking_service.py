@@ -189,7 +189,7 @@ async def test_batcher_holds_messages_through_an_outage_and_reports_degraded() -
     try:
         pending = asyncio.ensure_future(batcher.submit(submitted("a")))
         await asyncio.sleep(0.05)
-        assert not pending.done() and health.degraded_reason == "store unavailable: log down"
+        assert not pending.done() and health.degraded_reason == "batcher: store unavailable: log down"
         await asyncio.wait_for(pending, 5)
         assert health.ok and [e.job_id for b in recorder.batches for e in b] == ["a"]
     finally:
