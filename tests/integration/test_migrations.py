@@ -39,7 +39,7 @@ TABLES = {
     "trackers",
 }
 JOB_INDEXES = {f"ix_jobs_{c}_page" for c in LIST_FILTERS} | {"ix_jobs_page"}
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -93,7 +93,7 @@ async def test_migrate_creates_every_table_and_index(url: str) -> None:
     assert found["tables"] == TABLES
     assert found["version"] == HEAD
     assert found["indexes"]["jobs"] == JOB_INDEXES
-    assert found["indexes"]["outbox"] == {"ix_outbox_unpublished"}
+    assert found["indexes"]["outbox"] == {"ix_outbox_unpublished", "ix_outbox_unpublished_job"}
     assert found["indexes"]["timers"] == {"ix_timers_due_at"}
 
 
