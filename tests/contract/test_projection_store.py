@@ -281,6 +281,12 @@ class ProjectionStoreContract:
         assert await store.claim_outbox("t2", 10, later, hold) == []
         assert await store.pending_outbox(10) == []
 
+    async def test_a_claim_skips_more_held_jobs_than_one_id_list_holds(self, store: Store) -> None:
+        rows = await seed_outbox(store, {f"h{n:04d}": 1 for n in range(2100)} | {"free": 2})
+        hold = timedelta(seconds=30)
+        assert len(await store.claim_outbox("t1", 2100, T0, hold)) == 2100
+        assert await store.claim_outbox("t2", 5000, T0, hold) == rows[-2:]
+
     async def test_concurrent_claims_are_disjoint_and_keep_jobs_whole(self, store: Store) -> None:
         sizes = {f"j{n:02d}": 1 + n % 3 for n in range(60)}
         rows = await seed_outbox(store, sizes)
