@@ -162,7 +162,15 @@ def build_tracking(settings: Settings) -> Tracking:
         max_priority=readers.policy.document.max_priority,
     )
     health = Health()
-    relay = OutboxRelay(readers.store, publisher, clock, health=health)
+    member = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    relay = OutboxRelay(
+        readers.store,
+        publisher,
+        clock,
+        health=health,
+        owner=member,
+        lease=settings.outbox_lease_s,
+    )
     tracker = Tracker(readers.log, readers.store, readers.policy, clock, on_outbox=relay.wake)
     batcher = Batcher(
         tracker.record, health, max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
@@ -190,5 +198,5 @@ def build_tracking(settings: Settings) -> Tracking:
         timers=TimerLoop(tracker, health, interval=settings.timer_interval_ms / 1000),
         ring=ring,
         membership=SqlMembership(projection.engine),
-        member=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        member=member,
     )

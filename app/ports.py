@@ -239,10 +239,32 @@ class ProjectionStore(Protocol):
         ...
 
     async def pending_outbox(self, limit: int) -> list[OutboxMessage]:
-        """Unpublished outbox messages, oldest first."""
+        """Unpublished outbox messages, oldest first, claimed or not (for inspection only:
+        publishers take rows with ``claim_outbox``)."""
         ...
 
-    async def mark_published(self, event_ids: Sequence[str], at: datetime) -> None: ...
+    async def claim_outbox(
+        self, owner: str, limit: int, now: datetime, lease: timedelta
+    ) -> list[OutboxMessage]:
+        """Claim up to ``limit`` unpublished messages for ``owner`` until ``now + lease``,
+        oldest first, and return them; trackers claiming at once get disjoint rows.
+
+        A job is claimed whole or not at all: rows of a job that has any unpublished row under
+        another owner's live claim are skipped, so one job's messages are only ever in one
+        owner's hands and go out in order. Rows taken are the job's oldest (a prefix when
+        ``limit`` cuts a job short). An expired claim counts as none; ``owner``'s own live
+        claims are renewed.
+        """
+        ...
+
+    async def release_outbox(self, owner: str, event_ids: Sequence[str]) -> None:
+        """End ``owner``'s claims on these messages (rows another owner holds are left be)."""
+        ...
+
+    async def mark_published(self, event_ids: Sequence[str], at: datetime) -> None:
+        """Stamp the messages published at ``at`` whoever holds them; a published one keeps
+        its first stamp and is never claimed again (idempotent)."""
+        ...
 
     async def get_checkpoint(self, name: str) -> str | None: ...
 

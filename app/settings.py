@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     """Partition queues jobs are spread over; every tracker of a deployment must agree."""
     member_ttl_s: float = Field(default=5.0, ge=0.5, le=300)
     """Seconds without a heartbeat after which a tracker's partitions go to the others."""
+    outbox_lease_s: float = Field(default=30.0, ge=1, le=3600)
+    """Seconds a tracker's outbox relay holds the rows it claimed before others may take them."""
     prefetch: int = Field(default=256, ge=1, le=65535)
     batch_size: int = Field(default=256, ge=1, le=10000)
     batch_wait_ms: float = Field(default=10.0, ge=0, le=10000)

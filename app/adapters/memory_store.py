@@ -64,6 +64,8 @@ class InMemoryProjectionStore:
         self._published: dict[str, datetime] = {}
         self._timers: dict[str, TimerRow] = {}
         self._claims: dict[str, datetime] = {}
+        self._outbox_claims: dict[str, tuple[str, datetime]] = {}
+        """event_id -> (owner, claimed until) of unpublished outbox rows."""
         self._checkpoints: dict[str, str] = {}
 
     async def apply(
@@ -144,15 +146,37 @@ class InMemoryProjectionStore:
         return min(moments, default=None)
 
     async def pending_outbox(self, limit: int) -> list[OutboxMessage]:
-        """Unpublished outbox messages, oldest ``created_at`` first, then by event_id."""
+        """Unpublished outbox messages, claimed or not: oldest ``created_at`` first, then by id."""
         pending = [m for m in self._outbox.values() if m.event_id not in self._published]
         return sorted(pending, key=lambda m: (m.created_at or _EPOCH, m.event_id))[:limit]
+
+    async def claim_outbox(
+        self, owner: str, limit: int, now: datetime, lease: timedelta
+    ) -> list[OutboxMessage]:
+        """Claim the oldest unpublished rows of jobs no other owner holds, whole or a prefix."""
+        pending = await self.pending_outbox(len(self._outbox))
+        held = {m.job_id for m in pending if self._held_by_another(m.event_id, owner, now)}
+        taken = [m for m in pending if m.job_id not in held][:limit]
+        for message in taken:
+            self._outbox_claims[message.event_id] = (owner, now + lease)
+        return taken
+
+    def _held_by_another(self, event_id: str, owner: str, now: datetime) -> bool:
+        holder, until = self._outbox_claims.get(event_id, (owner, now))
+        return holder != owner and until > now
+
+    async def release_outbox(self, owner: str, event_ids: Sequence[str]) -> None:
+        """End ``owner``'s claims on these messages; others' claims are left be."""
+        for event_id in event_ids:
+            if self._outbox_claims.get(event_id, ("",))[0] == owner:
+                del self._outbox_claims[event_id]
 
     async def mark_published(self, event_ids: Sequence[str], at: datetime) -> None:
         """Stamp the messages as published at ``at``; a published one keeps its first stamp."""
         for event_id in event_ids:
             if event_id in self._outbox:
                 self._published.setdefault(event_id, at)
+                self._outbox_claims.pop(event_id, None)
 
     async def get_checkpoint(self, name: str) -> str | None:
         """The checkpoint's value, or None if it was never set."""

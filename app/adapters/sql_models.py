@@ -139,14 +139,25 @@ outbox = Table(
     Column("priority", Integer, nullable=True),
     _at("created_at", nullable=False),
     _at("published_at"),
+    # The relay's claim (0006): the tracker publishing the row, until when (see claim_outbox).
+    Column("claimed_by", String(NAME_LENGTH), nullable=True),
+    _at("claimed_until"),
 )
 
-# Only unpublished rows are ever scanned, so the index holds only those.
+# Only unpublished rows are ever scanned, so the indexes hold only those.
 _unpublished = outbox.c.published_at.is_(None)
 Index(
     "ix_outbox_unpublished",
     outbox.c.created_at,
     outbox.c.event_id,
+    postgresql_where=_unpublished,
+    sqlite_where=_unpublished,
+)
+# A claim skips jobs another tracker holds: their live claims are found by job (0006).
+Index(
+    "ix_outbox_unpublished_job",
+    outbox.c.job_id,
+    outbox.c.claimed_until,
     postgresql_where=_unpublished,
     sqlite_where=_unpublished,
 )

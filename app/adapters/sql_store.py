@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.adapters import sql_outbox
 from app.adapters.sql_errors import refusal_reason, refuses_data
 from app.adapters.sql_models import (
     attempts,
@@ -42,7 +43,6 @@ _IN_CHUNK = 1000  # ids per IN (...) list: far below PostgreSQL's and SQLite's p
 
 _JOB_COLUMNS = [jobs.c[f.name] for f in fields(JobRow)]
 _ATTEMPT_COLUMNS = [attempts.c[f.name] for f in fields(AttemptRow)]
-_OUTBOX_COLUMNS = [outbox.c[f.name] for f in fields(OutboxMessage)]
 
 
 @contextmanager
@@ -201,7 +201,7 @@ class SqlProjectionStore(EngineHolder):
     async def _insert_outbox(
         self, conn: AsyncConnection, winners: Sequence[_Merged], now: datetime
     ) -> None:
-        rows = [_outbox_values(m, now) for w in winners for m in w.outbox.values()]
+        rows = [sql_outbox.outbox_values(m, now) for w in winners for m in w.outbox.values()]
         if rows:
             statement = _upsert(conn, outbox).on_conflict_do_nothing(
                 index_elements=[outbox.c.event_id]
@@ -341,27 +341,33 @@ class SqlProjectionStore(EngineHolder):
         return min(moments, default=None)
 
     async def pending_outbox(self, limit: int) -> list[OutboxMessage]:
-        """Unpublished outbox messages, oldest ``created_at`` first, then by event_id."""
-        query = (
-            select(*_OUTBOX_COLUMNS)
-            .where(outbox.c.published_at.is_(None))
-            .order_by(outbox.c.created_at, outbox.c.event_id)
-            .limit(limit)
-        )
+        """Unpublished outbox messages, claimed or not: oldest ``created_at`` first, then by id."""
         with _driver_errors("reading the outbox"):
             async with self._engine.connect() as conn:
-                return [OutboxMessage(**row._mapping) for row in await conn.execute(query)]
+                result = await conn.execute(sql_outbox.pending_query(limit))
+                return [OutboxMessage(**row._mapping) for row in result]
+
+    async def claim_outbox(
+        self, owner: str, limit: int, now: datetime, lease: timedelta
+    ) -> list[OutboxMessage]:
+        """Claim the oldest unpublished rows of jobs no other owner holds (see sql_outbox)."""
+        with _driver_errors("claiming outbox messages"):
+            async with self._writer.begin() as conn:
+                return await sql_outbox.claim(conn, owner, limit, now, lease)
+
+    async def release_outbox(self, owner: str, event_ids: Sequence[str]) -> None:
+        """End ``owner``'s claims on these messages; others' claims are left be."""
+        with _driver_errors("releasing outbox claims"):
+            async with self._writer.begin() as conn:
+                for chunk in _chunks(sorted(set(event_ids))):
+                    await conn.execute(sql_outbox.release_statement(owner, chunk))
 
     async def mark_published(self, event_ids: Sequence[str], at: datetime) -> None:
         """Stamp the messages as published at ``at``; a published one keeps its first stamp."""
         with _driver_errors("marking messages published"):
             async with self._writer.begin() as conn:
                 for chunk in _chunks(sorted(set(event_ids))):
-                    await conn.execute(
-                        update(outbox)
-                        .where(outbox.c.event_id.in_(chunk), outbox.c.published_at.is_(None))
-                        .values(published_at=at)
-                    )
+                    await conn.execute(sql_outbox.mark_statement(chunk, at))
 
     async def get_checkpoint(self, name: str) -> str | None:
         """The checkpoint's value, or None if it was never set."""
@@ -370,16 +376,3 @@ class SqlProjectionStore(EngineHolder):
             async with self._engine.connect() as conn:
                 value: str | None = await conn.scalar(query)
         return value
-
-
-def _outbox_values(message: OutboxMessage, now: datetime) -> dict[str, Any]:
-    return {
-        "event_id": message.event_id,
-        "job_id": message.job_id,
-        "exchange": message.exchange,
-        "routing_key": message.routing_key,
-        "body": message.body,
-        "headers": None if message.headers is None else dict(message.headers),
-        "priority": message.priority,
-        "created_at": message.created_at or now,
-    }

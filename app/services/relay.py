@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from app.ports import (
     Clock,
@@ -66,15 +68,25 @@ class TimerLoop:
 
 @dataclass
 class OutboxRelay:
-    """Publishes committed outbox rows with publisher confirms, then marks them published.
+    """Claims committed outbox rows, publishes them with publisher confirms, marks them published.
 
-    At-least-once: a crash between the confirm and the mark republishes the same message, which
-    carries its event id (``message_id`` and ``x-jobtrail-event-id``) so consumers can dedupe.
+    Several trackers share one outbox: each pass claims rows for ``owner`` (whole jobs, which no
+    other relay holds) for ``lease`` seconds, and releases what it did not publish. Publishes
+    start only in the first half of the lease, so one still in flight when that half ends has
+    the other half to be confirmed before another tracker may take its row over.
+
+    At-least-once: a crash between the confirm and the mark, or a lease that ends under a
+    publish slower than half of it, republishes the same message, which carries its event id
+    (``message_id`` and ``x-jobtrail-event-id``) so consumers can dedupe (docs/protocol.md).
     """
 
     store: ProjectionStore
     publisher: Publisher
     clock: Clock
+    owner: str = field(default_factory=lambda: f"relay-{uuid.uuid4().hex}")
+    """Whose claims these are: the tracker's member name (app/bootstrap.py)."""
+    lease: float = 30.0
+    """Seconds a claim holds its rows (``JOBTRAIL_OUTBOX_LEASE_S``)."""
     batch: int = 500
     idle_wait: float = 0.5
     max_failures: int = 3
@@ -84,8 +96,11 @@ class OutboxRelay:
     health: Health | None = None
     """Told when a pass fails for an outage (store or broker) and when one succeeds again."""
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _parked: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """event_id -> (monotonic time of its next attempt, its current delay)."""
+    _parked: dict[str, tuple[datetime, float]] = field(default_factory=dict)
+    """event_id -> (clock time of its next attempt, its current delay in seconds)."""
+    _unmarked: set[str] = field(default_factory=set)
+    """Confirmed publishes whose mark has not committed yet (the store failed): marked first."""
+    _publish_until: datetime | None = None
 
     @property
     def parked(self) -> int:
@@ -121,7 +136,7 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), self.idle_wait)
 
     async def drain_once(self) -> int:
-        """Publish one batch of pending messages; returns how many were published.
+        """Claim, publish and mark one batch of messages; returns how many were published.
 
         The jobs' messages go out concurrently (confirms overlap: about 5 x the rate of one
         publish at a time on loopback), each job's in order, a job stopping at its first
@@ -131,34 +146,48 @@ class OutboxRelay:
         others (say, a queue it will not declare) is parked, retried with backoff, and holds
         back only its own job's later messages. When publishes keep failing one after another
         the broker itself is in trouble: the pass ends with PublishFailed and the caller backs
-        off.
+        off. Whatever was not published is released for any tracker to claim.
         """
-        now = asyncio.get_running_loop().time()
+        await self._mark_unmarked()
+        now = self.clock.now()
         wanted = self.batch + len(self._parked)
-        pending = await self.store.pending_outbox(wanted)
-        if len(pending) < wanted:  # every pending row is here: forget rows published elsewhere
-            ids = {m.event_id for m in pending}
-            self._parked = {k: v for k, v in self._parked.items() if k in ids}
+        lease = timedelta(seconds=self.lease)
+        claimed = await self.store.claim_outbox(self.owner, wanted, now, lease)
+        self._publish_until = now + lease / 2
+        ids = {m.event_id for m in claimed}
+        # Forget rows published (or held) elsewhere once they were due again anyway.
+        self._parked = {k: v for k, v in self._parked.items() if k in ids or v[0] > now}
         jobs: dict[str, list[OutboxMessage]] = {}
-        for message in pending:
+        for message in claimed:
             jobs.setdefault(message.job_id, []).append(message)
         done: list[str] = []
         try:
             left = await asyncio.gather(*(self._publish_job(m, now, done) for m in jobs.values()))
             await self._publish_one_by_one([m for rest in left for m in rest], now, done)
         finally:
-            if done:
-                await self.store.mark_published(done, self.clock.now())
+            self._unmarked.update(done)
+            await self._mark_unmarked()
+            if unpublished := sorted(ids.difference(done)):
+                await self.store.release_outbox(self.owner, unpublished)
         return len(done)
 
+    async def _mark_unmarked(self) -> None:
+        if self._unmarked:
+            await self.store.mark_published(sorted(self._unmarked), self.clock.now())
+            self._unmarked.clear()
+
+    def _lease_spent(self) -> bool:
+        """Whether this pass may start no more publishes (see the class docstring)."""
+        return self._publish_until is not None and self.clock.now() >= self._publish_until
+
     async def _publish_job(
-        self, messages: list[OutboxMessage], now: float, done: list[str]
+        self, messages: list[OutboxMessage], now: datetime, done: list[str]
     ) -> list[OutboxMessage]:
         """Publish one job's messages in order; returns those left from its first failure on."""
         for n, message in enumerate(messages):
             parked = self._parked.get(message.event_id)
-            if parked is not None and parked[0] > now:
-                return []  # the job waits behind its parked message
+            if (parked is not None and parked[0] > now) or self._lease_spent():
+                return []  # the job waits behind its parked message, or for the next claim
             try:
                 await self.publisher.publish(message)
             except PublishFailed:
@@ -168,11 +197,13 @@ class OutboxRelay:
         return []
 
     async def _publish_one_by_one(
-        self, pending: list[OutboxMessage], now: float, done: list[str]
+        self, pending: list[OutboxMessage], now: datetime, done: list[str]
     ) -> None:
         held_jobs: set[str] = set()  # a job's messages go out in order, or not at all
         streak: list[tuple[OutboxMessage, PublishFailed]] = []  # failures since the last success
         for message in pending:
+            if self._lease_spent():
+                break
             if message.job_id in held_jobs:
                 continue
             try:
@@ -191,14 +222,14 @@ class OutboxRelay:
             raise streak[-1][1]
         self._park_all(streak, now)
 
-    def _park_all(self, failed: list[tuple[OutboxMessage, PublishFailed]], now: float) -> None:
+    def _park_all(self, failed: list[tuple[OutboxMessage, PublishFailed]], now: datetime) -> None:
         for message, exc in failed:
             self._park(message, exc, now)
 
-    def _park(self, message: OutboxMessage, exc: PublishFailed, now: float) -> None:
+    def _park(self, message: OutboxMessage, exc: PublishFailed, now: datetime) -> None:
         _, delay = self._parked.get(message.event_id, (now, self.park_initial / 2))
         delay = min(delay * 2, self.park_max)
-        self._parked[message.event_id] = (now + delay, delay)
+        self._parked[message.event_id] = (now + timedelta(seconds=delay), delay)
         log.warning(
             "outbox relay: %s for job %s refused, retrying in %.0fs: %s",
             message.event_id,

@@ -111,6 +111,20 @@ async def collect(store: ProjectionStore) -> list[JobRow]:
     return [row async for row in store.all_jobs()]
 
 
+async def seed_outbox(store: ProjectionStore, sizes: dict[str, int]) -> list[OutboxMessage]:
+    """``sizes[job]`` messages per job (``<job>-<n>``), job by job in order; oldest first."""
+    rows: list[OutboxMessage] = []
+    for job_id, size in sizes.items():
+        for n in range(size):
+            at = T0 + timedelta(milliseconds=len(rows))
+            rows.append(message(f"{job_id}-{n}", job_id=job_id, created_at=at))
+    updates = [
+        ProjectionUpdate(job=job(j), outbox=[m for m in rows if m.job_id == j]) for j in sizes
+    ]
+    await store.apply(updates)
+    return rows
+
+
 class ProjectionStoreContract:
     """Every ProjectionStore adapter passes these; subclasses provide ``make_store``."""
 
@@ -207,6 +221,96 @@ class ProjectionStoreContract:
         await store.mark_published(["a"], T0 + timedelta(hours=1))
         await store.mark_published([], T0)
         assert await store.pending_outbox(10) == [early_b]
+
+    async def test_claims_take_whole_jobs_oldest_first(self, store: Store) -> None:
+        rows = await seed_outbox(store, {"a": 3, "b": 2, "c": 1})
+        hold = timedelta(seconds=30)
+        first = await store.claim_outbox("t1", 4, T0, hold)
+        assert first == rows[:4], "oldest first: a's three rows, then b's first"
+        assert await store.claim_outbox("t2", 10, T0, hold) == [rows[5]], (
+            "b is held by t1 (its first row): only c is free"
+        )
+        assert await store.claim_outbox("t2", 10, T0, hold) == [rows[5]], "t2 renews its own"
+        await store.mark_published([m.event_id for m in first[:3]], T0)
+        await store.claim_outbox("t1", 10, T0, hold)  # renews b-0, takes b-1 (c is t2's)
+        await store.mark_published([rows[3].event_id], T0)
+        assert await store.claim_outbox("t2", 10, T0, hold) == [rows[5]], (
+            "b-1 stays t1's while t1 holds it, though b-0 is published"
+        )
+
+    async def test_a_job_held_by_one_owner_is_skipped_whole(self, store: Store) -> None:
+        rows = await seed_outbox(store, {"a": 3, "b": 1})
+        hold = timedelta(seconds=30)
+        assert await store.claim_outbox("t1", 1, T0, hold) == [rows[0]], "a prefix of a"
+        assert await store.claim_outbox("t2", 10, T0, hold) == [rows[3]], "never a-1 or a-2"
+        later = message("a-new", job_id="a", created_at=T0 + timedelta(minutes=1))
+        await store.apply([ProjectionUpdate(job=job("a", last_seq=9), outbox=[later])])
+        assert await store.claim_outbox("t2", 10, T0, hold) == [rows[3]], "nor a row added since"
+        await store.mark_published([rows[0].event_id], T0)
+        taken = await store.claim_outbox("t2", 10, T0, hold)
+        assert taken == [rows[1], rows[2], rows[3], later], "then the rest of a, in order"
+
+    async def test_an_expired_claim_is_taken_over(self, store: Store) -> None:
+        rows = await seed_outbox(store, {"a": 2})
+        hold = timedelta(seconds=10)
+        assert await store.claim_outbox("t1", 10, T0, hold) == rows
+        assert await store.claim_outbox("t2", 10, T0 + hold - timedelta(seconds=1), hold) == []
+        assert await store.claim_outbox("t2", 10, T0 + hold, hold) == rows
+        assert await store.claim_outbox("t1", 10, T0 + hold, hold) == [], "now t2's"
+
+    async def test_a_release_frees_only_the_owners_claims(self, store: Store) -> None:
+        rows = await seed_outbox(store, {"a": 1, "b": 1})
+        hold = timedelta(seconds=30)
+        assert await store.claim_outbox("t1", 10, T0, hold) == rows
+        await store.release_outbox("t2", [m.event_id for m in rows])  # not t2's to release
+        assert await store.claim_outbox("t2", 10, T0, hold) == []
+        await store.release_outbox("t1", [rows[0].event_id, "unknown"])
+        await store.release_outbox("t1", [])
+        assert await store.claim_outbox("t2", 10, T0, hold) == [rows[0]]
+
+    async def test_a_published_row_is_never_claimed_again(self, store: Store) -> None:
+        rows = await seed_outbox(store, {"a": 1, "b": 1})
+        hold = timedelta(seconds=10)
+        assert await store.claim_outbox("t1", 10, T0, hold) == rows
+        await store.mark_published([rows[0].event_id], T0)
+        await store.mark_published([rows[1].event_id], T0)  # marked by someone else: still
+        await store.mark_published([rows[1].event_id], T0 + timedelta(hours=1))  # idempotent
+        later = T0 + timedelta(days=1)
+        assert await store.claim_outbox("t1", 10, later, hold) == []
+        assert await store.claim_outbox("t2", 10, later, hold) == []
+        await store.release_outbox("t1", [m.event_id for m in rows])
+        assert await store.claim_outbox("t2", 10, later, hold) == []
+        assert await store.pending_outbox(10) == []
+
+    async def test_a_claim_skips_more_held_jobs_than_one_id_list_holds(self, store: Store) -> None:
+        rows = await seed_outbox(store, {f"h{n:04d}": 1 for n in range(2100)} | {"free": 2})
+        hold = timedelta(seconds=30)
+        assert len(await store.claim_outbox("t1", 2100, T0, hold)) == 2100
+        assert await store.claim_outbox("t2", 5000, T0, hold) == rows[-2:]
+
+    async def test_concurrent_claims_are_disjoint_and_keep_jobs_whole(self, store: Store) -> None:
+        sizes = {f"j{n:02d}": 1 + n % 3 for n in range(60)}
+        rows = await seed_outbox(store, sizes)
+        owners = [f"t{n}" for n in range(4)]
+        hold = timedelta(seconds=30)
+        claimed: list[str] = []
+        while len(claimed) < len(rows):
+            rounds = await asyncio.gather(*(store.claim_outbox(o, 5, T0, hold) for o in owners))
+            assert any(rounds), "something is left to claim"
+            holder: dict[str, str] = {}  # job -> the one owner holding its rows this round
+            for owner, taken in zip(owners, rounds, strict=True):
+                for m in taken:
+                    assert holder.setdefault(m.job_id, owner) == owner, f"{m.job_id} split"
+                claimed += [m.event_id for m in taken]
+            # As relays do: publish (here: mark) what was claimed, then claim again.
+            await asyncio.gather(
+                *(store.mark_published([m.event_id for m in t], T0) for t in rounds)
+            )
+        assert sorted(claimed) == sorted(m.event_id for m in rows), "each row claimed once"
+        order = {event_id: n for n, event_id in enumerate(claimed)}
+        for job_id in sizes:
+            ids = [m.event_id for m in rows if m.job_id == job_id]
+            assert sorted(ids, key=order.__getitem__) == ids, f"{job_id} claimed out of order"
 
     async def test_outbox_created_at_defaults_to_now(self, store: Store) -> None:
         before = datetime.now(UTC)

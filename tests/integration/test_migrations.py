@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from app.adapters.anchor_store import anchor_metadata
 from app.adapters.sql_log import log_metadata
 from app.adapters.sql_models import LIST_FILTERS, projection_metadata
-from app.adapters.sql_schema import ROOT, alembic_config, make_engine, migrate
+from app.adapters.sql_schema import alembic_config, make_engine, migrate
 from app.ports import ProjectionUnavailable
 from tests import servers
 
@@ -39,7 +39,7 @@ TABLES = {
     "trackers",
 }
 JOB_INDEXES = {f"ix_jobs_{c}_page" for c in LIST_FILTERS} | {"ix_jobs_page"}
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -73,6 +73,10 @@ def _differences(connection: Connection) -> list[Any]:
     return list(compare_metadata(context, metadata))  # type: ignore[arg-type]
 
 
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout, where alembic.ini serves the ``alembic`` command."""
+
+
 def alembic_cli(*args: str, env: dict[str, str] | None = None) -> None:
     alembic = Path(sys.executable).with_name("alembic")
     completed = subprocess.run(
@@ -93,7 +97,7 @@ async def test_migrate_creates_every_table_and_index(url: str) -> None:
     assert found["tables"] == TABLES
     assert found["version"] == HEAD
     assert found["indexes"]["jobs"] == JOB_INDEXES
-    assert found["indexes"]["outbox"] == {"ix_outbox_unpublished"}
+    assert found["indexes"]["outbox"] == {"ix_outbox_unpublished", "ix_outbox_unpublished_job"}
     assert found["indexes"]["timers"] == {"ix_timers_due_at"}
 
 

@@ -331,7 +331,8 @@ async def test_a_refused_outbox_row_holds_back_only_its_own_job() -> None:
     ]
     await _seed_outbox(store, rows)
     publisher = RefusingPublisher({"amq.refused"})
-    relay = OutboxRelay(store, publisher, FakeClock(), park_initial=0.05)
+    clock = FakeClock()
+    relay = OutboxRelay(store, publisher, clock, park_initial=0.05)
     assert await relay.drain_once() == 2
     assert [m.event_id for m in publisher.published] == ["e3", "e4"]
     assert relay.parked == 1
@@ -340,7 +341,9 @@ async def test_a_refused_outbox_row_holds_back_only_its_own_job() -> None:
     assert publisher.attempts.count("e1") == 2 and "e2" not in publisher.attempts
     assert await relay.drain_once() == 0, "parked: not tried again before its delay"
     assert publisher.attempts.count("e1") == 2
-    await asyncio.sleep(0.15)
+    clock.at += timedelta(seconds=0.049)
+    assert await relay.drain_once() == 0, "still parked just before its delay ends"
+    clock.at += timedelta(seconds=0.001)
     publisher.refused.clear()  # the operator fixed the broker's permissions
     assert await relay.drain_once() == 2
     assert [m.event_id for m in publisher.published] == ["e3", "e4", "e1", "e2"]
