@@ -237,8 +237,8 @@ class MongoEventLog:
             docs = await cursor.to_list()
         return [_stored(doc) for doc in docs]
 
-    async def scan_raw(self) -> AsyncIterator[StoredEvent]:
-        query: Document = {}
+    async def scan_raw(self, after_job: str | None = None) -> AsyncIterator[StoredEvent]:
+        query: Document = {} if after_job is None else {"job_id": {"$gt": after_job}}
         while page := await self._find(query, self._page_size):
             for entry in page:
                 yield entry
