@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import time
 from collections.abc import AsyncIterator
@@ -119,6 +120,7 @@ async def _serving(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Async
     stream = create_app(tracking)
     stop = asyncio.Event()
     await stream.start()
+    gc.freeze()  # as jobtrail serve does once started (app/entrypoints/cli.py)
     api = asyncio.create_task(
         serve_api(
             settings, tracking.readers, tracking.health, Metrics(), stop, tokens=Tokens(), sock=sock
@@ -131,6 +133,7 @@ async def _serving(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Async
         await stream.stop()
         await tracking.stop()
         await asyncio.wait_for(api, 60)
+        gc.unfreeze()
 
 
 @contextlib.asynccontextmanager
