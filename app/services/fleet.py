@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +21,7 @@ from enum import StrEnum
 from pydantic import ValidationError
 
 from app.domain.chain import RecordedEvent, StoredEvent
-from app.domain.events import parse_event
+from app.domain.events import JOB_ID_PATTERN, parse_event
 from app.domain.policy import Policy
 from app.ports import EventLog
 from app.services.projection import job_row
@@ -212,6 +213,8 @@ def decode_fleet_cursor(
         last_job, question = json.loads(raw)
     except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as exc:
         raise InvalidCursor("cursor is not one this API handed out") from exc
-    if not isinstance(last_job, str) or question != _question(at, status, by, with_ids):
+    if not isinstance(last_job, str) or not re.fullmatch(JOB_ID_PATTERN, last_job):
+        raise InvalidCursor("cursor is not one this API handed out")
+    if question != _question(at, status, by, with_ids):
         raise InvalidCursor("cursor belongs to another fleet query (same at, status, by, ids)")
     return last_job

@@ -140,7 +140,8 @@ def test_a_cursor_resumes_only_its_own_question() -> None:
     for at, status, by, ids in others:
         with pytest.raises(InvalidCursor, match="another fleet query"):
             decode_fleet_cursor(cursor, at, status, by, ids)
-    for bogus in ["", "x" * 601, "!!!", "bm90IGpzb24", "WzEsMl0"]:  # not base64 / JSON / a job
+    forged = encode_fleet_cursor("job\x00'", AT, None, None, False)  # not a job id
+    for bogus in ["", "x" * 601, "!!!", "bm90IGpzb24", "WzEsMl0", forged]:
         with pytest.raises(InvalidCursor):
             decode_fleet_cursor(bogus, AT, None, None, False)
 
