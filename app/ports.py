@@ -94,8 +94,12 @@ class EventLog(Protocol):
         """The job's entries as stored, in seq order, without decoding (for verification)."""
         ...
 
-    def scan_raw(self) -> AsyncIterator[StoredEvent]:
-        """Every entry as stored, ordered by (job_id, seq), in constant memory."""
+    def scan_raw(self, after_job: str | None = None) -> AsyncIterator[StoredEvent]:
+        """Every entry as stored, ordered by (job_id, seq), in constant memory.
+
+        With ``after_job``, only the entries of the jobs ordered after it (a paged reader's
+        resumption point, through the (job_id, seq) index).
+        """
         ...
 
     def scan(self) -> AsyncIterator[RecordedEvent]:

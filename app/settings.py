@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=10.0, ge=0, le=10000)
     timer_interval_ms: float = Field(default=250.0, gt=0, le=10000)
     log_level: str = "INFO"
+    fleet_page_events: int = Field(default=50_000, ge=1_000, le=10_000_000)
+    """Log entries one ``GET /fleet`` request scans at most (one job more); a cursor continues."""
     log_format: Literal["auto", "json", "plain"] = "auto"
     """``auto``: one plain line per record on a terminal, JSON lines otherwise."""
 

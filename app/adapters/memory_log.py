@@ -7,6 +7,7 @@ as the MongoDB and SQL adapters do, and is held to the same contract tests.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -256,14 +257,15 @@ class InMemoryEventLog:
         for entry in sorted(entries, key=lambda e: (e.recorded_at, e.job_id, e.seq)):
             yield decode_entry(entry)
 
-    async def scan_raw(self) -> AsyncIterator[StoredEvent]:
-        cursor = ("", 0)
+    async def scan_raw(self, after_job: str | None = None) -> AsyncIterator[StoredEvent]:
+        # Seqs are positive: (job, 0) is before a job's first entry, (job, inf) after its last.
+        cursor: tuple[str, float] = ("", 0) if after_job is None else (after_job, math.inf)
         while page := self._page_after(cursor):
             for entry in page:
                 yield entry
             cursor = (page[-1].job_id, page[-1].seq)
 
-    def _page_after(self, cursor: tuple[str, int]) -> list[StoredEvent]:
+    def _page_after(self, cursor: tuple[str, float]) -> list[StoredEvent]:
         """Keyset paging as the real adapters do it: the entries after ``cursor``."""
         page: list[StoredEvent] = []
         for job_id in sorted(job for job in self._jobs if job >= cursor[0]):

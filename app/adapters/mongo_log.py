@@ -267,10 +267,13 @@ class MongoEventLog:
             docs = await cursor.to_list()
         return [_stored(doc) for doc in docs]
 
-    async def scan_raw(self) -> AsyncIterator[StoredEvent]:
-        """Every entry by (job_id, seq), then any whose job_id or seq is of another type: keyset
-        paging compares within one BSON type, so such an entry would end or skip the scan."""
-        query: Document = _KEYED
+    async def scan_raw(self, after_job: str | None = None) -> AsyncIterator[StoredEvent]:
+        """Every entry by (job_id, seq) (after job ``after_job``, if named), then any whose job_id
+        or seq is of another type: keyset paging compares within one BSON type, so such an
+        entry would end or skip the scan."""
+        query: Document = (
+            _KEYED if after_job is None else {"$and": [_KEYED, {"job_id": {"$gt": after_job}}]}
+        )
         while page := await self._find(query, self._page_size, projection=_WHOLE):
             for entry in page:
                 yield entry

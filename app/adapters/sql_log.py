@@ -303,9 +303,10 @@ class SqlEventLog:
         query = select(*self._checked).where(_c.job_id == job_id).order_by(_c.seq)
         return [_stored(row) for row in await self._fetch(query, "read")]
 
-    async def scan_raw(self) -> AsyncIterator[StoredEvent]:
+    async def scan_raw(self, after_job: str | None = None) -> AsyncIterator[StoredEvent]:
         query = select(*self._checked).order_by(_c.job_id, _c.seq).limit(self._page_size)
-        page = await self._fetch(query, "scan")
+        first = query if after_job is None else query.where(_c.job_id > after_job)
+        page = await self._fetch(first, "scan")
         while page:
             for row in page:
                 yield _stored(row)

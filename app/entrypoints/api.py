@@ -335,6 +335,7 @@ def create_api(
         lifespan=lifespan,
     )
     api.state.jobtrail = context
+    api.state.jobtrail_fleet_page_events = settings.fleet_page_events
     install_tokens(api, tokens)
     api.state.jobtrail_actions = (
         actions if actions is not None else RabbitActions(settings.rabbit_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -80,6 +81,10 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stream.start()
+    # What start-up built lives as long as the process: frozen, full collections skip it. They
+    # took ~0.4 s otherwise on a busy 2-core machine, a stall of the loop that acks deliveries
+    # whenever a long read (GET /fleet) churned enough objects to trigger one.
+    gc.freeze()
     api = asyncio.create_task(
         serve_api(settings, tracking.readers, tracking.health, metrics, stop, sock=sock)
     )

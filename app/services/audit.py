@@ -9,20 +9,35 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from pydantic import ValidationError
-
-from app.domain.chain import ChainBreak, RecordedEvent, StoredEvent, verify_chain
-from app.domain.events import parse_event
+from app.domain.chain import ChainBreak, verify_chain
 from app.domain.merkle import Anchor, DayDigester, Leaf, anchor_changes, day_bounds
 from app.domain.policy import Policy
 from app.ports import Clock, EventLog, JobRow
+from app.services.fleet import (
+    CorruptEntry,
+    FleetGroup,
+    FleetKey,
+    FleetPage,
+    fleet_as_of,
+    fleet_page,
+)
 from app.services.projection import job_row
 from app.services.tracking import fold_history
+
+# The fleet lives in app.services.fleet; the auditors' entry points import it from here too.
+__all__ = [
+    "CorruptEntry",
+    "FleetGroup",
+    "FleetKey",
+    "FleetPage",
+    "fleet_as_of",
+    "fleet_page",
+]
 
 ANCHOR_GRACE = timedelta(minutes=10)
 """How long after midnight UTC a day may still receive entries (batches recorded just before)."""
@@ -53,10 +68,6 @@ class AnchorStore(Protocol):
     async def list_anchors(self, since: date | None = None) -> list[Anchor]:
         """Stored anchors (from ``since`` on), by day; none if nothing was ever anchored."""
         ...
-
-
-class CorruptEntry(ValueError):
-    """A stored entry does not decode: the log was altered (``verify`` names where)."""
 
 
 def parse_instant(text: str) -> datetime:
@@ -92,89 +103,6 @@ async def job_row_as_of(log: EventLog, policy: Policy, job_id: str, at: datetime
     if not events:
         return None
     return job_row(fold_history(events, policy), policy)
-
-
-class FleetKey(StrEnum):
-    """What a fleet snapshot is grouped by."""
-
-    POOL = "pool"
-    TENANT = "tenant"
-    MODEL = "model"
-
-
-@dataclass(frozen=True, slots=True)
-class FleetGroup:
-    """Jobs sharing a group value and a status at the snapshot's instant."""
-
-    key: str | None
-    status: str | None
-    count: int
-    job_ids: tuple[str, ...] = ()
-
-
-@dataclass
-class _Tally:
-    count: int = 0
-    job_ids: list[str] = field(default_factory=list)
-
-
-async def fleet_as_of(
-    log: EventLog,
-    policy: Policy,
-    at: datetime,
-    *,
-    status: str | None = None,
-    by: FleetKey | None = None,
-    with_ids: bool = False,
-) -> list[FleetGroup]:
-    """Jobs by (group, status) as of ``at``, from one (job_id, seq) scan, one job in memory."""
-    tallies: dict[tuple[str | None, str | None], _Tally] = {}
-    async for events in _histories_until(log.scan_raw(), at):
-        row = job_row(fold_history(events, policy), policy)
-        if status is not None and row.status != status:
-            continue
-        tally = tallies.setdefault(
-            (None if by is None else getattr(row, by.value), row.status), _Tally()
-        )
-        tally.count += 1
-        if with_ids:
-            tally.job_ids.append(row.job_id)
-    return [
-        FleetGroup(key, state, t.count, tuple(t.job_ids))
-        for (key, state), t in sorted(tallies.items(), key=lambda item: _sort_key(item[0]))
-    ]
-
-
-def _sort_key(group: tuple[str | None, str | None]) -> tuple[str, str]:
-    return (group[0] or "", group[1] or "")
-
-
-async def _histories_until(
-    entries: AsyncIterator[StoredEvent], at: datetime
-) -> AsyncIterator[list[RecordedEvent]]:
-    """Each job's decoded events recorded at or before ``at``, from a (job_id, seq)-ordered scan."""
-    current: list[RecordedEvent] = []
-    job_id: str | None = None
-    async for entry in entries:
-        if entry.job_id != job_id:
-            if current:
-                yield current
-            current, job_id = [], entry.job_id
-        if entry.recorded_at <= at:
-            current.append(_decoded(entry))
-    if current:
-        yield current
-
-
-def _decoded(entry: StoredEvent) -> RecordedEvent:
-    try:
-        event = parse_event(entry.data)
-    except ValidationError:
-        raise CorruptEntry(
-            f"entry {entry.job_id} seq {entry.seq} is not a valid event: the log was altered "
-            "(run jobtrail verify)"
-        ) from None
-    return RecordedEvent(entry.seq, entry.recorded_at, entry.prev_hash, entry.hash, event)
 
 
 @dataclass(frozen=True, slots=True)

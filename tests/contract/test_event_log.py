@@ -227,6 +227,17 @@ class EventLogContract:
         assert raw == per_job
         assert await log.count() == len(expected) > 3 * PAGE_SIZE
 
+    async def test_a_scan_resumes_after_a_job_across_pages(self, log: EventLog) -> None:
+        # What a paged fleet query relies on: resume after the last job of the previous page.
+        jobs = ["job-b", "JOB-c", "a.b", "job-a", "job-a:1", "job-a.2"]
+        for n in range(3):
+            for job in jobs:
+                await log.append(heartbeat(job, n), T0)
+        for after in [*jobs, "", "job-", "zzz"]:
+            expected = [(job, seq) for job in sorted(jobs) if job > after for seq in (1, 2, 3)]
+            scanned = [(e.job_id, e.seq) async for e in log.scan_raw(after_job=after)]
+            assert scanned == expected, after
+
     async def test_append_many_equals_appending_one_by_one(self, log: EventLog) -> None:
         stored, b1 = submitted("job-a"), submitted("job-b")
         batch: list[JobEvent] = [heartbeat("job-a", 1), b1, stored, heartbeat("job-a", 2), b1]
