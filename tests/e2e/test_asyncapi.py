@@ -6,19 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from app.adapters.rabbit import DEAD_QUEUE, QUARANTINE_QUEUE
+from app.adapters.rabbit import DEAD_QUEUE, EVENTS_EXCHANGE, QUARANTINE_QUEUE, RabbitPublisher
 from app.bootstrap import open_readers
 from app.domain.events import EVENT_TYPES, parse_event
 from app.entrypoints import asyncapi_cli
@@ -28,6 +30,7 @@ from app.entrypoints.cli import app as cli_app
 from app.settings import Settings
 from tests.e2e.harness import (
     ROOT,
+    Tracker,
     get_messages,
     history,
     new_job_id,
@@ -241,6 +244,8 @@ def test_messages_a_real_tracker_published_match_the_document(stack: dict[str, s
     rabbit = stack["JOBTRAIL_RABBIT_URL"]
     document = asyncapi_cli.event_contract(_stack_settings(stack))
     priority = document["channels"]["work"]["x-jobtrail-priority-of-class"]
+    # The running policy's (harness.TEST_POLICY sets none: the built-in 5), not the default 9/3/0.
+    assert priority == {"urgent": 5, "bulk": 5, "test": 5}
     retried, dead = new_job_id("retry"), new_job_id("dead")
     for job, klass in ((retried, "urgent"), (dead, "bulk")):
         publish(rabbit, lambda c, j=job, k=klass: c.submit(  # type: ignore[misc]
@@ -344,3 +349,54 @@ def test_the_cli_prints_it_or_writes_it(tmp_path: Path) -> None:
     refused = runner.invoke(cli_app, ["asyncapi", "--output", str(missing)], env={})
     assert refused.exit_code == 2
     assert refused.output == f"jobtrail: cannot write {missing}: No such file or directory\n"
+
+
+def test_a_running_tracker_serves_the_document_of_its_own_vhost(
+    fresh_stack: Tracker, rabbit_url: str
+) -> None:
+    with socket.socket() as probe:  # a free port for the tracker's API
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    fresh_stack.env |= {"JOBTRAIL_HTTP_HOST": "127.0.0.1", "JOBTRAIL_HTTP_PORT": str(port)}
+    fresh_stack.start()
+    document = httpx.get(f"http://127.0.0.1:{port}/asyncapi.json", timeout=30).json()
+    vhost = rabbit_url.rsplit("/", 1)[1]
+    assert vhost.startswith("jt-")  # tests/servers.py: a vhost of the test's own
+    assert document["servers"]["rabbitmq"]["host"] == "127.0.0.1:5672"
+    assert document["servers"]["rabbitmq"]["pathname"] == f"/{vhost}"
+    assert document["channels"]["partition"]["bindings"]["amqp"]["queue"]["vhost"] == vhost
+    assert document == asyncapi_cli.event_contract(_stack_settings(fresh_stack.env))
+
+
+def test_re_keyed_and_quarantined_messages_match_the_document(rabbit_url: str) -> None:
+    """What the tracker's publisher sends when it re-keys an event and when it quarantines."""
+    document = asyncapi_cli.event_contract(DEFAULTS.model_copy(update={"rabbit_url": rabbit_url}))
+    body = json.dumps(example("heartbeat")).encode()
+
+    async def go() -> list[aio_pika.abc.AbstractIncomingMessage]:
+        publisher = RabbitPublisher(rabbit_url)
+        connection = await aio_pika.connect_robust(rabbit_url)
+        try:
+            await publisher.connect()
+            channel = await connection.channel()
+            probe = await channel.declare_queue(exclusive=True)
+            await probe.bind(EVENTS_EXCHANGE, "job.#")
+            await publisher.rekey(body, "job.heartbeat", "job-1")
+            await publisher.quarantine(b"\xff not even UTF-8", "invalid_utf8: x at byte 0", {})
+            rekeyed = await probe.get(timeout=10)
+            quarantined = await (await channel.get_queue(QUARANTINE_QUEUE)).get(timeout=10)
+            return [rekeyed, quarantined]
+        finally:
+            await publisher.close()
+            await connection.close()
+
+    rekeyed, quarantined = asyncio.run(go())
+    assert (rekeyed.routing_key, rekeyed.body) == ("job.heartbeat", body)
+    _valid(document, "event.heartbeat", rekeyed)
+    assert dict(rekeyed.headers) == {"x-jobtrail-job-id": "job-1"}
+    payload, headers = message_validators(document, "quarantined")
+    headers.validate(dict(quarantined.headers))
+    assert quarantined.body == b"\xff not even UTF-8"  # as it came: the payload is any bytes
+    assert payload.schema == {"$ref": "#/components/schemas/QuarantinedBody"} | {
+        "components": document["components"]
+    }
