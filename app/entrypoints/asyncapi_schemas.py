@@ -57,7 +57,7 @@ _EMITTERS = {
 ROUTING_KEY_RULE = (
     "The body's `type` decides what an event is; the routing key only routes it. An event whose "
     "routing key is not `job.<its type>` is recorded as its body says, logged as a warning and "
-    "counted in `jobtrail_misrouted_events` (see docs/protocol.md)."
+    "counted in `jobtrail_misrouted_events_total` (see docs/protocol.md)."
 )
 
 
