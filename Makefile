@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SECANTUS := .venv-secantus
+# @asyncapi/parser for tests/e2e/test_asyncapi.py (npm; the test installs it too when missing).
+NODE_DIR := .node
+ASYNCAPI_PARSER := @asyncapi/parser@3.6.6
 
 .PHONY: setup services browser serve test test-unit test-faults lint typecheck check bench clean
 
-setup: $(VENV)/.installed $(SECANTUS)/.installed browser
+setup: $(VENV)/.installed $(SECANTUS)/.installed $(NODE_DIR)/.installed browser
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +21,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 $(SECANTUS)/.installed: constraints-secantus.txt
 	$(PYTHON) -m venv $(SECANTUS)
 	$(SECANTUS)/bin/pip install -q -c constraints-secantus.txt 'secantusdb==0.7.0b3'
+	touch $@
+
+$(NODE_DIR)/.installed:
+	npm install --prefix $(NODE_DIR) --no-audit --no-fund --no-save $(ASYNCAPI_PARSER)
 	touch $@
 
 services:
@@ -56,4 +63,4 @@ bench: $(VENV)/.installed $(SECANTUS)/.installed services
 	$(BIN)/jobtrail bench --record
 
 clean:
-	rm -rf $(VENV) $(SECANTUS) .pytest_cache .mypy_cache .ruff_cache .coverage var
+	rm -rf $(VENV) $(SECANTUS) $(NODE_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage var

@@ -56,13 +56,15 @@ class Dashboard:
     """What the dashboard routes need besides the API context."""
 
     management: RabbitManagement
+    settings: Settings
+    """The API's settings: the AsyncAPI document names their broker, vhost and policy."""
 
 
 def install_dashboard(api: FastAPI, settings: Settings) -> None:
     """Serve the dashboard on ``api``, reading queues of ``settings.rabbit_url``'s vhost."""
     extra = DashboardSettings(rabbit_url=settings.rabbit_url)
     management = RabbitManagement.from_urls(settings.rabbit_url, extra.rabbit_api_url)
-    setattr(api.state, DASHBOARD_STATE, Dashboard(management))
+    setattr(api.state, DASHBOARD_STATE, Dashboard(management, settings))
     api.include_router(dashboard)
 
 
@@ -72,7 +74,7 @@ def _dashboard(request: Request) -> Dashboard:
         return found
     # Included without install_dashboard: configure from the environment, once.
     env = DashboardSettings()
-    made = Dashboard(RabbitManagement.from_urls(env.rabbit_url, env.rabbit_api_url))
+    made = Dashboard(RabbitManagement.from_urls(env.rabbit_url, env.rabbit_api_url), Settings())
     setattr(request.app.state, DASHBOARD_STATE, made)
     return made
 
@@ -139,11 +141,11 @@ async def get_dashboard_data(request: Request) -> JSONResponse:
 
 
 @dashboard.get("/asyncapi.json", dependencies=[Depends(no_parameters)])
-async def get_asyncapi() -> JSONResponse:
-    """The AsyncAPI 3.0 document of the event contract, generated from the FastStream app."""
-    from app.entrypoints.asyncapi_cli import event_contract  # loads FastStream on first use
+async def get_asyncapi(request: Request) -> JSONResponse:
+    """The AsyncAPI 3.0 document of the event contract, for this API's broker, vhost and policy."""
+    from app.entrypoints.asyncapi_cli import event_contract  # built on first use
 
-    return JSONResponse(await event_contract())
+    return JSONResponse(event_contract(_dashboard(request).settings))
 
 
 def _when(row: JobRow) -> str | None:

@@ -81,6 +81,12 @@ class Metrics:
             "reason",
             QUARANTINE_REASONS,
         )
+        self._misrouted = self._counter(
+            "jobtrail_misrouted_events",
+            "Events recorded whose routing key was not job.<their type>, by type.",
+            "type",
+            EVENT_TYPES,
+        )
         self._projection_lag = Gauge(
             "jobtrail_projection_lag_seconds", PROJECTION_LAG_HELP, registry=self.registry
         )
@@ -136,6 +142,10 @@ class Metrics:
         """Count one dead-lettered job by its reason."""
         self._dead_letters.labels(self._dead_reason(str(reason))).inc()
 
+    def misrouted(self, event_type: str) -> None:
+        """Count one event whose routing key contradicts its type (``Ingestor.misrouted``)."""
+        self._misrouted.labels(self._event_type(event_type)).inc()
+
     def quarantined(self, reason: str) -> None:
         """Count one quarantined input (an ``Ingestor.quarantined`` callback)."""
         self._quarantined.labels(self._quarantine_reason(reason)).inc()
@@ -158,6 +168,7 @@ class Metrics:
         tracking.tracker.on_recorded = self._recorded_batch
         tracking.tracker.on_timer_lag = self.timer_lag
         tracking.ingestor.quarantined = self.quarantined
+        tracking.ingestor.misrouted = self.misrouted
         Gauge(
             "jobtrail_outbox_parked",
             "Outbox messages the broker refused while taking others; retried with backoff.",

@@ -196,7 +196,12 @@ def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) ->
             return
         with ingestor.delivery(index):
             try:
-                await ingestor.accept(message.body, keyed=message.keyed, partition=index)
+                await ingestor.accept(
+                    message.body,
+                    keyed=message.keyed,
+                    partition=index,
+                    routing_key=getattr(message.raw, "routing_key", None),
+                )
             except DeliveryAbandoned:
                 return  # handed back to the broker with the partition: not an error
             except PublishFailed:

@@ -251,6 +251,8 @@ class Ingestor:
     batcher: Batcher
     publisher: Publisher
     quarantined: Callable[[str], None] | None = None
+    misrouted: Callable[[str], None] | None = None
+    """Called with the event's type when its routing key is not ``job.<type>``."""
     rekey_unkeyed: bool = False
     """Re-publish events that came without ``x-jobtrail-job-id`` (needed with partitions)."""
     _held: dict[int, list[_Pending]] = field(default_factory=dict)
@@ -305,14 +307,23 @@ class Ingestor:
         return partition in self._held
 
     async def accept(
-        self, body: bytes, *, keyed: bool = True, partition: int | None = None
+        self,
+        body: bytes,
+        *,
+        keyed: bool = True,
+        partition: int | None = None,
+        routing_key: str | None = None,
     ) -> None:
         """Record, quarantine or re-key one message; returns when it may be acknowledged.
 
         Events of a paused ``partition`` wait, in order, until it resumes; if the partition
-        is abandoned meanwhile, ``DeliveryAbandoned`` is raised.
+        is abandoned meanwhile, ``DeliveryAbandoned`` is raised. The body's type decides what
+        an event is: a ``routing_key`` that contradicts it is reported (``misrouted``), never
+        a reason to refuse a valid event (docs/protocol.md).
         """
         event, reason = rejection_reason(body)
+        if event is not None and routing_key not in (None, f"job.{event.type}"):
+            self._misrouted(event, str(routing_key))
         if event is None:
             assert reason is not None
             await self._quarantine(body, reason)
@@ -350,6 +361,18 @@ class Ingestor:
                     held.remove(pending)  # its message stays unacknowledged: never recorded
                 raise
             raise DeliveryAbandoned from None
+
+
+    def _misrouted(self, event: JobEvent, routing_key: str) -> None:
+        log.warning(
+            "event %s of job %s has type %s but routing key %s: recorded as its body says",
+            event.event_id,
+            event.job_id,
+            event.type,
+            routing_key[:255],
+        )
+        if self.misrouted is not None:
+            self.misrouted(event.type)
 
 
 class _Delivery:

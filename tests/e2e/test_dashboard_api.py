@@ -33,7 +33,7 @@ def with_dashboard(app: FastAPI, settings: Settings, api_url: str) -> FastAPI:
     if not any(getattr(route, "path", None) == "/dashboard" for route in app.routes):
         app.include_router(dashboard)
     management = RabbitManagement.from_urls(settings.rabbit_url, api_url)
-    setattr(app.state, DASHBOARD_STATE, Dashboard(management))
+    setattr(app.state, DASHBOARD_STATE, Dashboard(management, settings))
     return app
 
 
