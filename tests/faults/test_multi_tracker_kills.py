@@ -59,7 +59,8 @@ TRACKERS = 3
 SIZES = {"short": (3_000, 3, 80.0), "full": (20_000, 12, 80.0)}
 EVENTS, LEAST_KILLS, RATE = SIZES[SCALE.name]
 QUIET_TAIL = 0.15
-"""The share of the stream published after the last kill: duplicates there have no excuse."""
+"""The share of the stream published after the last kill (unless kills are still owed), and
+the decisions that follow it: duplicates there have no excuse."""
 CRASH_MARGIN = 2.0
 """Seconds a copy may reach our consumer after the kill that came just after its publish."""
 MIX = {"retried": 4, "rerouted": 3, "lease_runs_out": 1, "completes": 1, "fails_for_good": 1}
@@ -152,12 +153,13 @@ class WorkQueueCounter:
 def publication_counts(
     seen: list[WorkMessage], kills: list[float], census: Census
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """The work-queue figures, and (for the artifact) the first duplicates found."""
+    """The work-queue figures, and (for the artifact) duplicates, those with no kill first."""
     groups: dict[tuple[str, int], list[WorkMessage]] = defaultdict(list)
     for message in seen:
         groups[(message.job_id, message.attempt)].append(message)
     extra_same_id = without_crash = two_ids = 0
     examples: list[dict[str, Any]] = []
+    origin = kills[0] if kills else 0.0
     for (job_id, attempt), copies in groups.items():
         if len(copies) == 1:
             continue
@@ -168,12 +170,12 @@ def publication_counts(
         unexplained = [c for c in copies[1:]
                        if not any(first - CRASH_MARGIN <= k <= c.at for k in kills)]  # fmt: skip
         without_crash += len(unexplained)
-        if len(examples) < 10:
-            examples.append({
-                "job_id": job_id, "attempt": attempt, "message_ids": sorted(map(str, ids)),
-                "seconds_apart": round(copies[-1].at - first, 3),
-                "explained_by_a_kill": not unexplained,
-            })  # fmt: skip
+        examples.append({
+            "job_id": job_id, "attempt": attempt, "message_ids": sorted(map(str, ids)),
+            "queues": [c.queue for c in copies], "explained_by_a_kill": not unexplained,
+            "arrived_s_after_first_kill": [round(c.at - origin, 3) for c in copies],
+        })  # fmt: skip
+    examples.sort(key=lambda e: bool(e["explained_by_a_kill"]))
     owed = {event_id for _, event_id, _ in census.republishes}
     got = {m.event_id for m in seen}
     return {
@@ -187,13 +189,28 @@ def publication_counts(
         "republishes_owed": len(owed),
         "republishes_missing": len(owed - got),
         "published_not_owed": len(got - owed),
-    }, examples
+    }, examples[:20]
+
+
+def mentions(trackers: list[FaultTracker], examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trackers' log lines naming the jobs of duplicates no kill explains (for diagnosis)."""
+    jobs = [e["job_id"] for e in examples if not e["explained_by_a_kill"]][:5]
+    found: dict[str, Any] = {job: [] for job in jobs}
+    for n, tracker in enumerate(trackers):
+        for line in tracker.all_logs().splitlines():
+            for job in jobs:
+                if job in line:
+                    found[job].append(f"tracker {n}: {line[:400]}")
+    return found
 
 
 def consuming_trackers(rabbit_url: str) -> int:
     """How many trackers consume partition queues (0 until every partition has a consumer)."""
-    partitions = {q: names for q, names in servers.active_consumers(rabbit_url).items()
-                  if q.startswith("jobtrail.tracker.")}  # fmt: skip
+    try:
+        consumers = servers.active_consumers(rabbit_url)
+    except (TypeError, KeyError):  # a consumer listed while its channel closes (no details yet)
+        return 0
+    partitions = {q: names for q, names in consumers.items() if q.startswith("jobtrail.tracker.")}
     if len(partitions) < 4 or not all(partitions.values()):
         return 0
     # Connections name themselves "jobtrail <member> partition <n>".
@@ -220,7 +237,8 @@ async def _storm(
     trackers: list[FaultTracker], rabbit_url: str, stream: Stream, chooser: Any
 ) -> Storm:
     """Publish the stream (paced) and SIGKILL a random running tracker every 2-4 s until the
-    quiet tail, restarting each in the background (two may be down at once, never three)."""
+    quiet tail (and at least ``LEAST_KILLS`` times: restarts are slow on a busy machine),
+    restarting each in the background (two may be down at once, never three)."""
     progress, storm = Progress(), Storm()
     quiet_from = int(len(stream.events) * (1 - QUIET_TAIL))
     publishing = asyncio.create_task(
@@ -229,7 +247,8 @@ async def _storm(
     restarts: dict[int, asyncio.Task[None]] = {}
     while True:
         await asyncio.wait({publishing}, timeout=chooser.uniform(2.0, 4.0))
-        if publishing.done() or progress.sent >= quiet_from:
+        quiet = publishing.done() or progress.sent >= quiet_from
+        if quiet and len(storm.kills) >= LEAST_KILLS:
             break
         running = [n for n in range(len(trackers)) if n not in restarts or restarts[n].done()]
         if len(running) < 2:
@@ -304,9 +323,11 @@ def test_three_trackers_killed_at_random_publish_each_decision_once(
         "verify_exit": verify_code,
     }
     write_artifact("multi_tracker_kills", counts, started, trackers=TRACKERS,
+                   kills_s_after_first=[round(k - storm.kills[0], 3) for k in storm.kills],
                    kills_by_tracker=storm.victims,
                    restart_seconds=storm.restart_seconds, event_types=dict(census.types),
-                   duplicates=examples, unsettled=census.describe(stream.unsettled(census)))  # fmt: skip
+                   duplicates=examples, duplicate_log_lines=mentions(trackers, examples),
+                   unsettled=census.describe(stream.unsettled(census)))  # fmt: skip
     assert {k: counts[k] for k in MUST_BE_ZERO} == dict.fromkeys(MUST_BE_ZERO, 0), (
         counts, examples, verify_out[-2000:],
     )  # fmt: skip
