@@ -193,15 +193,19 @@ def publication_counts(
 
 
 def mentions(trackers: list[FaultTracker], examples: list[dict[str, Any]]) -> dict[str, Any]:
-    """The trackers' log lines naming the jobs of duplicates no kill explains (for diagnosis)."""
+    """The trackers' log lines naming the jobs of duplicates no kill explains, and the relays'
+    warnings when there are such duplicates (for diagnosis)."""
     jobs = [e["job_id"] for e in examples if not e["explained_by_a_kill"]][:5]
     found: dict[str, Any] = {job: [] for job in jobs}
+    relay: list[str] = []
     for n, tracker in enumerate(trackers):
         for line in tracker.all_logs().splitlines():
+            if jobs and '"jobtrail.relay"' in line and len(relay) < 60:
+                relay.append(f"tracker {n}: {line[:400]}")
             for job in jobs:
                 if job in line:
                     found[job].append(f"tracker {n}: {line[:400]}")
-    return found
+    return found | ({"relay_warnings": relay} if relay else {})
 
 
 def consuming_trackers(rabbit_url: str) -> int:
