@@ -13,9 +13,11 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,7 @@ from app.domain.policy import Policy
 from app.domain.state import JobState
 from app.services.projection import job_row
 from app.services.tracking import fold_history
+from scripts.private_servers import PrivateRabbit, wait_until
 from tests.e2e.harness import ROOT, TEST_POLICY, Tracker, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts" / "reliability"
@@ -418,3 +421,76 @@ def write_artifact(scenario: str, counts: dict[str, Any], started: float, **extr
         **extra,
     }
     (ARTIFACTS / f"{scenario}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+# -- a RabbitMQ cluster of private nodes ----------------------------------------------------------
+
+
+class PrivateRabbitCluster:
+    """Private RabbitMQ nodes on loopback joined in one cluster (``rabbitmqctl join_cluster``).
+
+    Each node is a ``PrivateRabbit`` (own node name, AMQP and distribution ports, data dir,
+    ``HOME``) and all share one Erlang cookie, written to each ``HOME`` before the first boot.
+    The first node founds the cluster; the others join it. Jobtrail's quorum queues declared
+    after that have a replica on every node (their initial group size defaults to the cluster).
+    """
+
+    def __init__(self, base: Path, size: int = 3) -> None:
+        self.nodes = [PrivateRabbit(base / f"node-{n}") for n in range(size)]
+        self._cookie = uuid.uuid4().hex.upper()
+
+    def __enter__(self) -> PrivateRabbitCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Boot every node (the first alone, then each joins it); waits until all run."""
+        for node in self.nodes:
+            home = node.base / "home"
+            home.mkdir(parents=True, exist_ok=True)
+            cookie = home / ".erlang.cookie"
+            cookie.write_text(self._cookie)
+            cookie.chmod(0o400)
+        self.nodes[0].start()
+        for node in self.nodes[1:]:
+            node.start()
+            node.ctl("stop_app")
+            node.ctl("join_cluster", self.nodes[0].node)
+            node.ctl("start_app")
+        wait_until(lambda: len(self.running()) == len(self.nodes), "every node running", 120)
+
+    def running(self, via: int = 0) -> list[str]:
+        """The nodes the cluster sees running (asked of node ``via``)."""
+        status = json.loads(self.nodes[via].ctl("cluster_status", "--formatter", "json"))
+        return sorted(status.get("running_nodes", []))
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node ``index`` (its whole process group, started by PrivateRabbit): a crash."""
+        proc = self.nodes[index].proc
+        assert proc is not None and proc.poll() is None, f"node {index} is not running"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def restart(self, index: int) -> None:
+        """Start node ``index`` again on its data: it rejoins the cluster by itself."""
+        self.nodes[index].start()
+        wait_until(lambda: len(self.running()) == len(self.nodes), "the node back in", 120)
+
+    def quorum_members(self, via: int = 0) -> dict[str, int]:
+        """Quorum queue name → how many nodes hold a replica of it."""
+        out = self.nodes[via].ctl("list_queues", "--formatter", "json",
+                                  "name", "type", "members")  # fmt: skip
+        return {q["name"]: len(q["members"]) for q in json.loads(out) if q["type"] == "quorum"}
+
+    def close(self) -> None:
+        """Stop every node still running and delete its data."""
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                node.close()
