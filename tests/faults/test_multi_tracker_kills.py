@@ -99,6 +99,9 @@ class WorkMessage:
     event_id: str
     at: float
     """``time.monotonic()`` when it reached the consumer."""
+    redelivered: bool = False
+    """RabbitMQ gave this copy to our consumer again (its connection dropped before our ack):
+    one publication seen twice, not a second publication."""
 
 
 @dataclass
@@ -130,6 +133,7 @@ class WorkQueueCounter:
                     message_id=message.message_id,
                     event_id=str(headers.get("x-jobtrail-event-id")),
                     at=time.monotonic(),
+                    redelivered=bool(message.redelivered),
                 )
             )
             await message.ack()
@@ -155,7 +159,10 @@ def publication_counts(
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """The work-queue figures, and (for the artifact) duplicates, those with no kill first."""
     groups: dict[tuple[str, int], list[WorkMessage]] = defaultdict(list)
+    again = {(m.event_id, m.queue) for m in seen if not m.redelivered}
     for message in seen:
+        if message.redelivered and (message.event_id, message.queue) in again:
+            continue  # our consumer's second sight of one publication
         groups[(message.job_id, message.attempt)].append(message)
     extra_same_id = without_crash = two_ids = 0
     examples: list[dict[str, Any]] = []
@@ -180,8 +187,9 @@ def publication_counts(
     got = {m.event_id for m in seen}
     return {
         "work_messages": len(seen),
+        "counter_redeliveries": sum(1 for m in seen if m.redelivered),
         "work_attempts": len(groups),
-        "work_duplicates": len(seen) - len(groups),
+        "work_duplicates": sum(len(copies) for copies in groups.values()) - len(groups),
         "duplicates_same_message_id": extra_same_id,
         "attempts_under_two_message_ids": two_ids,
         "duplicates_without_a_crash": without_crash,
