@@ -59,8 +59,3 @@ class ManualClock:
             await run_ready()
         self.at = end
         await run_ready()
-
-    async def run_for(self, seconds: float, step: float) -> None:
-        """``advance`` ``seconds`` in steps of ``step`` (a wait of many loop rounds)."""
-        for _ in range(round(seconds / step)):
-            await self.advance(step)
