@@ -112,7 +112,7 @@ async def test_a_barrier_records_old_events_then_unrouted_ones_then_new_ones(rig
     rig.deliver(1, body(submitted("j8")))
     await until(lambda: rig.ingestor.paused(1))
     rig.deliver(0, body(submitted("j1")))
-    await asyncio.sleep(0.05)
+    await until(lambda: ("j1", "submitted") in rig.recorder.recorded)  # partition 0 flows
     assert not await rig.store.barrier_opened(epoch), "partition 0 has not arrived yet"
     assert ("j0", "reserved") not in rig.recorder.recorded
     rig.deliver(0, epoch)
