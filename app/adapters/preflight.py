@@ -100,6 +100,8 @@ async def _broker_steps(url: str) -> list[Check]:
     finally:
         with contextlib.suppress(Exception):
             await connection.close()
+    if not checks[-1].ok:
+        return checks  # the plugin check declares too: it would only repeat the refusal
     try:
         checks.append(await _hash_plugin(url, host))
     except _Refused as refused:

@@ -12,6 +12,7 @@ and a closed connection's would otherwise be reused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -21,6 +22,9 @@ from yarl import URL
 from app.adapters.rabbit import BROKER_ERRORS
 
 log = logging.getLogger("jobtrail.partitions")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds a partition's connection close, then its consumer's stop, may take."""
 
 Subscribe = Callable[[RabbitBroker, int], None]
 """Registers partition ``index``'s subscriber on a new broker (app/entrypoints/worker.py)."""
@@ -55,10 +59,16 @@ class RabbitPartitionConsumers:
         self._brokers[partition] = broker
 
     async def release(self, partition: int) -> None:
-        """Close ``partition``'s connection: its unacknowledged deliveries go back in order."""
-        broker = self._brokers.pop(partition, None)
+        """Close ``partition``'s connection: its unacknowledged deliveries go back in order.
+
+        The partition counts as consumed until its connection is closed: a release cut short
+        (cancelled, or timed out by the caller) leaves it to be released again.
+        """
+        broker = self._brokers.get(partition)
         if broker is not None:
             await _close(broker)
+            if self._brokers.get(partition) is broker:
+                del self._brokers[partition]
 
     async def close(self) -> None:
         for partition in sorted(self._brokers):
@@ -67,13 +77,17 @@ class RabbitPartitionConsumers:
 
 async def _close(broker: RabbitBroker) -> None:
     # The connection first: FastStream's stop() would cancel the consumer before closing it.
+    # Each step bounded: a broker that stops answering must not hold a hand-over or a stop up
+    # (an unanswered close still drops the socket, which hands the deliveries back too).
     connection = getattr(broker, "_connection", None)
     if connection is not None:
         try:
-            await connection.close()
-        except BROKER_ERRORS as exc:  # already broken: the broker hands the deliveries back
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await connection.close()
+        except (*BROKER_ERRORS, TimeoutError) as exc:  # broken: the deliveries go back anyway
             log.warning("closing a partition connection failed: %r", exc)
     try:
-        await broker.stop()
-    except Exception as exc:  # FastStream groups its subscribers' errors
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await broker.stop()
+    except Exception as exc:  # FastStream groups its subscribers' errors; or timed out
         log.warning("stopping a partition consumer failed: %r", exc)

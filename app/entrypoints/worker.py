@@ -153,6 +153,7 @@ def partition_coordinator(tracking: Tracking) -> PartitionCoordinator:
         tracking.ingestor,
         settings.partitions,
         tracking.member,
+        tracking.clock,
         ttl=settings.member_ttl_s,
         beat_every=settings.member_ttl_s / 5,
     )

@@ -129,20 +129,37 @@ class Batcher:
     max_wait: float = 0.01
     max_linger: float = 0.1
     max_backoff: float = 5.0
+    stop_timeout: float = 2.0
+    """How long ``stop`` waits for a cancelled batch to let go."""
     recorded: int = 0
     """How many events this batcher has durably recorded (for metrics and the benchmark)."""
     _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
+    _stopped: bool = False
+    _in_flight: list[_Pending] = field(default_factory=list)
 
     def start(self) -> None:
+        self._stopped = False
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="jobtrail-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop recording within ``stop_timeout``: what is not recorded yet is abandoned.
+
+        The batch in flight and everything queued end with ``DeliveryAbandoned``: never
+        acknowledged, their messages are delivered again. A record call that ignores its
+        cancellation (a driver stuck on a dead connection) is left behind, not waited for.
+        """
+        task, self._task = self._task, None
+        self._stopped = True
+        if task is not None:
+            task.cancel()
+            done, _ = await asyncio.wait((task,), timeout=self.stop_timeout)
+            if not done:
+                log.warning("recording ignored its cancellation; stopping without it")
+        _abandon(self._in_flight)
+        while not self._queue.empty():
+            _abandon([self._queue.get_nowait()])
 
     async def submit(self, event: JobEvent) -> None:
         """Return once ``event`` is durably recorded and projected."""
@@ -158,20 +175,33 @@ class Batcher:
 
     def hand(self, pending: _Pending) -> None:
         """Queue ``pending`` now, behind everything queued before (no await: order is kept)."""
+        if self._stopped:  # nothing would record it: its submitter must not wait forever
+            _abandon([pending])
+            return
         self._queue.put_nowait(pending)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         linger = self.max_wait
         while True:
-            batch = await self._collect(linger)
+            batch = self._in_flight = await self._collect(linger)
             started = loop.time()
-            await self._record_until_done(batch)
+            try:
+                await self._record_until_done(batch)
+            finally:
+                _abandon(batch)  # cut short by stop: these stay unacknowledged
             took = loop.time() - started
             linger = min(max(self.max_wait, took / 2), self.max_linger)
 
     async def _collect(self, linger: float) -> list[_Pending]:
         batch = [await self._queue.get()]
+        try:
+            return await self._linger(batch, linger)
+        except BaseException:
+            _abandon(batch)  # stopped while collecting: these stay unacknowledged
+            raise
+
+    async def _linger(self, batch: list[_Pending], linger: float) -> list[_Pending]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + linger
         while len(batch) < self.max_size:
@@ -182,7 +212,10 @@ class Batcher:
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                # Not asyncio.wait_for: on Python 3.11 it swallows a stop's cancellation that
+                # arrives with an event, and stop() then waited forever (issue 10).
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
             except TimeoutError:
                 break
         return batch
@@ -242,6 +275,13 @@ def _report_failure(event: JobEvent, exc: Exception) -> None:
         log.warning("the store refused an event: %s", exc, extra=where)
     else:  # a bug: its message is nacked, and the broker's delivery limit takes it in the end
         log.error("recording an event failed", exc_info=exc, extra=where)
+
+
+def _abandon(batch: Sequence[_Pending]) -> None:
+    """Fail what is not done yet with ``DeliveryAbandoned`` (its submitter does not ack)."""
+    for pending in batch:
+        if not pending.done.done():
+            pending.done.set_exception(DeliveryAbandoned())
 
 
 @dataclass
@@ -361,7 +401,6 @@ class Ingestor:
                     held.remove(pending)  # its message stays unacknowledged: never recorded
                 raise
             raise DeliveryAbandoned from None
-
 
     def _misrouted(self, event: JobEvent, routing_key: str) -> None:
         log.warning(

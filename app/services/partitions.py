@@ -17,16 +17,19 @@ connection drops: its deliveries return) and the others stop seeing its heartbea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
-from app.ports import Membership, PartitionConsumers, StoreUnavailable
+from app.ports import Clock, Membership, PartitionConsumers, StoreUnavailable
 from app.services.ingest import Ingestor
 
 log = logging.getLogger("jobtrail.partitions")
+
+Sleep = Callable[[float], Awaitable[None]]
+"""Waits that many seconds (``asyncio.sleep``; a test's clock that it moves itself)."""
 
 
 def share(partitions: int, members: Sequence[str]) -> dict[str, frozenset[int]]:
@@ -61,18 +64,28 @@ def _weight(member: str, partition: int) -> bytes:
 
 @dataclass
 class PartitionCoordinator:
-    """Keeps this tracker consuming exactly its share of the partitions (module docstring)."""
+    """Keeps this tracker consuming exactly its share of the partitions (module docstring).
+
+    Every wait is on ``sleep`` and every instant from ``clock`` (a test passes a clock it moves
+    itself); every wait on something else (the store, the broker, deliveries in flight) is
+    bounded, so ``stop`` returns in bounded time whatever state it finds.
+    """
 
     membership: Membership
     consumers: PartitionConsumers
     ingestor: Ingestor
     partitions: int
     member: str
+    clock: Clock
+    sleep: Sleep = asyncio.sleep
+    """Waits that many seconds on ``clock``."""
     ttl: float = 5.0
     """Seconds without a heartbeat after which a tracker counts as gone."""
     beat_every: float = 1.0
-    stop_grace: float = 10.0
-    """On stop, how long a partition's deliveries in flight may take to be recorded."""
+    stop_grace: float = 3.0
+    """On stop, how long deliveries in flight may take to be recorded (all partitions at once)."""
+    io_timeout: float = 2.0
+    """On stop, how long closing the partitions' connections, or leaving, may take."""
     live: list[str] = field(default_factory=list)
     """The live trackers as last seen (the last successful heartbeat)."""
     moves: int = 0
@@ -92,7 +105,7 @@ class PartitionCoordinator:
         """
         try:
             await self._beat()
-            await asyncio.sleep(self.beat_every)
+            await self.sleep(self.beat_every)
             await self._beat()
         except StoreUnavailable as exc:
             log.warning("partitions: cannot see the other trackers yet: %s", exc)
@@ -104,24 +117,74 @@ class PartitionCoordinator:
         ]
 
     async def stop(self) -> None:
-        """Stop consuming everything (held deliveries go back in order) and leave."""
-        for task in self._tasks:
+        """Stop consuming everything and leave, within about ``stop_grace + 3 * io_timeout``.
+
+        Whatever it finds (a partition mid-release, held deliveries, a store or broker that
+        hangs), deliveries not recorded by then are abandoned: neither recorded here nor
+        acknowledged, their messages go back to the queue in order.
+        """
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        for partition in sorted(self.owned()):
-            await self._release(partition, wait_barrier=False)
+        if tasks and not await self._within(self.io_timeout, asyncio.wait(tasks)):
+            log.warning("partitions: a loop ignored its cancellation; stopping without it")
+        await self._release_all()
+        if not await self._within(self.io_timeout, self._leave()):
+            log.warning("partitions: leaving timed out (others wait %.0fs)", self.ttl)
+
+    async def _release_all(self) -> None:
+        """``_release`` for every partition at once, each wait bounded (stopping)."""
+        owned = sorted(self.owned())
+        for partition in owned:
+            self.ingestor.pause(partition)
+        settled = asyncio.gather(*(self.ingestor.settled(p) for p in owned))
+        if not await self._within(self.stop_grace, settled):
+            log.warning("partitions: deliveries still in flight after %.1fs", self.stop_grace)
+        released = asyncio.gather(*(self._close(p) for p in owned))
+        if not await self._within(self.io_timeout, released):
+            log.warning("partitions: closing %s timed out", owned)
+        for partition in owned:
+            self.ingestor.abandon(partition)  # the broker has them back, or will at exit
+
+    async def _close(self, partition: int) -> None:
+        try:
+            await self.consumers.release(partition)
+        except Exception:  # stopping anyway: the connection goes when the process does
+            log.exception("partitions: releasing partition %d failed", partition)
+
+    async def _leave(self) -> None:
         try:
             await self.membership.leave(self.member)
         except StoreUnavailable as exc:
             log.warning("partitions: could not leave (others wait %.0fs): %s", self.ttl, exc)
+
+    async def _within(self, seconds: float, work: Awaitable[object]) -> bool:
+        """Await ``work`` for up to ``seconds`` on the clock; False if it was cut short.
+
+        Work cut short is cancelled but not waited for: what ignores its cancellation (a
+        driver call stuck in a dead connection) must not hold up a stop. Its errors propagate.
+        """
+        task = asyncio.ensure_future(work)
+        timer = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            cut_short = not task.done()
+            if cut_short:
+                task.cancel()
+                task.add_done_callback(_forget)
+        if cut_short:
+            return False
+        task.result()
+        return True
 
     async def rebalance(self) -> None:
         """Release what is no longer this tracker's share, then subscribe to the rest of it."""
         mine = share(self.partitions, self.live).get(self.member, frozenset())
         had = self.owned()
         for partition in sorted(had - mine):
-            await self._release(partition, wait_barrier=True)
+            await self._release(partition)
         for partition in sorted(mine - self.owned()):
             await self.consumers.consume(partition)
         seen = (frozenset(self.owned()), len(self.live))
@@ -134,18 +197,13 @@ class PartitionCoordinator:
                 len(self.live),
             )
 
-    async def _release(self, partition: int, *, wait_barrier: bool) -> None:
-        """Hand ``partition`` over; ``wait_barrier`` False when stopping (no waiting forever)."""
-        if wait_barrier and self.ingestor.paused(partition):
+    async def _release(self, partition: int) -> None:
+        """Hand ``partition`` over once every delivery before the held ones is recorded."""
+        if self.ingestor.paused(partition):
             return  # at a ring barrier: it moves once the barrier is over
         self.ingestor.pause(partition)
         try:
-            if wait_barrier:
-                await self.ingestor.settled(partition)  # recorded and acknowledged, but the held
-            else:  # stopping: a store outage must not hold the stop up (redeliveries are known)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.stop_grace):
-                        await self.ingestor.settled(partition)
+            await self.ingestor.settled(partition)  # recorded and acknowledged, but the held
             await self.consumers.release(partition)
         except BaseException:
             if partition in self.owned():
@@ -161,22 +219,36 @@ class PartitionCoordinator:
             self._wake.set()
 
     async def _beating(self) -> None:
+        """Beat every ``beat_every`` on the clock, a slow beat not delaying the next ones."""
+        due = self.clock.now()
+        beats = 0
         while True:
-            await asyncio.sleep(self.beat_every)
+            due = max(due + timedelta(seconds=self.beat_every), self.clock.now())
+            await self.sleep((due - self.clock.now()).total_seconds())
             try:
-                await self._beat()
+                if not await self._within(self.ttl, self._beat()):
+                    log.warning("partitions: heartbeat took over %.1fs; abandoned", self.ttl)
             except StoreUnavailable as exc:
                 log.warning("partitions: heartbeat failed: %s", exc)
             except Exception:
                 log.exception("partitions: heartbeat failed")
+            beats += 1
+            if beats % 3 == 0:  # a release skipped at a ring barrier is tried again
+                self._wake.set()
 
     async def _balancing(self) -> None:
+        # A plain wait: asyncio.wait_for (Python 3.11) swallows a cancellation that arrives
+        # as the event is set, which left stop() waiting for this loop forever (issue 10).
         while True:
-            # Also every few beats: a release skipped at a ring barrier is tried again.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.beat_every * 3)
+            await self._wake.wait()
             self._wake.clear()
             try:
                 await self.rebalance()
             except Exception:
                 log.exception("partitions: rebalancing failed; trying again")
+
+
+def _forget(task: asyncio.Future[object]) -> None:
+    # A task cut short by a bound: retrieve its outcome so asyncio logs nothing at exit.
+    if not task.cancelled():
+        task.exception()

@@ -212,7 +212,9 @@ def test_every_channel_the_tracker_uses_is_declared() -> None:
     dlx = document["channels"]["brokerDlx"]["bindings"]["amqp"]["exchange"]
     assert (dlx["name"], dlx["type"]) == ("jobtrail.broker-dlx", "fanout")
     assert document["channels"]["work"]["x-jobtrail-priority-of-class"] == {
-        "urgent": 9, "bulk": 3, "test": 0,
+        "urgent": 9,
+        "bulk": 3,
+        "test": 0,
     }  # fmt: skip  (app/domain/default_policy.toml)
     assert "guest" not in json.dumps(document)  # no credentials, whatever the settings
 

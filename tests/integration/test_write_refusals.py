@@ -80,7 +80,9 @@ async def test_an_outage_is_not_a_refusal(engine: AsyncEngine) -> None:
     await engine.dispose()
     broken = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
     try:
-        with pytest.raises(OSError, match=r"(?i)connect") as caught:  # refused connection (SQLAlchemy passes it on)
+        with pytest.raises(
+            OSError, match=r"(?i)connect"
+        ) as caught:  # refused connection (SQLAlchemy passes it on)
             async with broken.connect():
                 pass
         assert not refuses_data(caught.value) and not is_unique_violation(caught.value)

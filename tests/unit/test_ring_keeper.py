@@ -112,7 +112,7 @@ async def test_a_barrier_records_old_events_then_unrouted_ones_then_new_ones(rig
     rig.deliver(1, body(submitted("j8")))
     await until(lambda: rig.ingestor.paused(1))
     rig.deliver(0, body(submitted("j1")))
-    await asyncio.sleep(0.05)
+    await until(lambda: ("j1", "submitted") in rig.recorder.recorded)  # partition 0 flows
     assert not await rig.store.barrier_opened(epoch), "partition 0 has not arrived yet"
     assert ("j0", "reserved") not in rig.recorder.recorded
     rig.deliver(0, epoch)
@@ -143,7 +143,9 @@ async def test_events_behind_a_marker_wait_and_keep_their_order(rig: Rig) -> Non
         rig.deliver(0, body(submitted(job)))
     rig.deliver(1, body(submitted("other")))
     await until(lambda: ("other", "submitted") in rig.recorder.recorded)
-    assert await rig.store.barrier_arrivals(epoch) == {0}
+    async with asyncio.timeout(5):  # arrives once its flush (maybe "other"'s batch) is done
+        while await rig.store.barrier_arrivals(epoch) != {0}:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
     assert rig.recorder.recorded == [("other", "submitted")], "partition 0 waits, 1 goes on"
     await rig.store.open_barrier(epoch, FakeClock().now())
     await rig.settle()
@@ -156,7 +158,7 @@ async def test_a_marker_waits_for_the_events_before_it_to_be_recorded(rig: Rig) 
         epoch = await rig.store.begin_barrier(FakeClock().now())
     rig.deliver(0, body(submitted("before")))
     rig.deliver(0, epoch)
-    await asyncio.sleep(0.05)
+    await until(lambda: rig.ingestor.paused(0))  # the marker met: its flush waits on "before"
     assert await rig.store.barrier_arrivals(epoch) == set()
     rig.recorder.open.set()
     async with asyncio.timeout(5):
@@ -168,7 +170,8 @@ async def test_a_marker_waits_for_the_events_before_it_to_be_recorded(rig: Rig) 
 async def test_no_barrier_while_the_ring_exists(rig: Rig) -> None:
     rig.broker.ring = True
     rig.keeper.ensure_soon()
-    await asyncio.sleep(0.05)
+    assert rig.keeper._ensuring is not None
+    await asyncio.wait_for(rig.keeper._ensuring, 5)  # the check is over
     assert rig.broker.markers == [[], []] and rig.keeper.barriers == 0
 
 
@@ -232,7 +235,8 @@ async def test_flush_returns_once_earlier_events_are_recorded(rig: Rig) -> None:
     rig.recorder.open.clear()
     submit = asyncio.create_task(rig.batcher.submit(submitted("a")))
     flush = asyncio.create_task(rig.batcher.flush())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # both handed on
+    await until(lambda: rig.batcher._queue.empty())  # "a" is being recorded: the store hangs
     assert not flush.done()
     rig.recorder.open.set()
     await asyncio.wait_for(asyncio.gather(submit, flush), 1)
@@ -244,12 +248,11 @@ async def test_a_tracker_stopping_at_a_barrier_records_nothing_held_behind_it(ri
         epoch = await rig.store.begin_barrier(FakeClock().now())
     marker = rig.deliver(0, epoch)
     held = rig.deliver(0, body(submitted("behind")))
-    await until(lambda: rig.ingestor.paused(0))
-    await asyncio.sleep(0.02)
+    await until(lambda: len(rig.ingestor._held.get(0, ())) == 1)  # held behind the marker
     marker.cancel()  # the tracker stops: its handlers are cancelled
     await asyncio.gather(marker, return_exceptions=True)
     await rig.store.open_barrier(epoch, FakeClock().now())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(rig.batcher.flush(), 5)  # whatever was handed on is recorded by now
     assert rig.recorder.recorded == [], "the broker delivers it again, after the marker"
     assert isinstance(held.exception(), DeliveryAbandoned), "its handler ends, unacknowledged"
     assert not rig.ingestor.paused(0)
