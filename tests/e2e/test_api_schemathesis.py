@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 
 import aio_pika
@@ -52,7 +53,8 @@ def store_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]
     """Only the production stores here (test_api.py also runs SQLite)."""
     mongo_base = request.getfixturevalue("mongo_base_url")
     with servers.pg_database() as pg:
-        yield request.param, servers.mongo_database_url(mongo_base, "jt_schemathesis"), pg
+        log_url = servers.mongo_database_url(mongo_base, f"jt_{uuid.uuid4().hex[:12]}")
+        yield request.param, log_url, pg
 
 
 async def _bind_sink(rabbit_url: str) -> None:
@@ -150,3 +152,23 @@ def test_every_operation_conforms_to_the_openapi_document(live_api: str, token: 
     assert operations <= set(checked)  # every operation was called and checked ...
     for label, names in checked.items():
         assert set(CHECKS) <= names, label  # ... by every check
+
+
+def test_over_the_wire_a_refused_action_is_an_answer_not_a_dropped_connection(
+    live_api: str,
+) -> None:
+    """The values that once made a 500 (some dropping the connection) answer 422 on a socket."""
+    headers = {"Authorization": f"Bearer {OPERATE}"}
+    with httpx.Client(base_url=live_api, headers=headers, timeout=30) as client:
+        for path, body in [
+            ("/jobs/job-waiting/cancel", {"actor": "ann\x00"}),
+            ("/jobs/job-waiting/cancel", {"actor": "ann", "reason": "\x00"}),
+            ("/redrive", {"actor": "ann", "pool": "p\x00"}),
+            ("/redrive", {"actor": "ann", "since": "0001-01-01T00:00:00+05:00"}),
+        ]:
+            response = client.post(path, json=body)
+            assert response.status_code == 422, response.text
+            assert set(response.json()) == {"error", "detail"}
+        forged = "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzA1OjAwIiwgImpvYi1kb25lIl0"  # year 1, +05:00
+        response = client.get("/jobs", params={"cursor": forged})
+        assert response.json() == {"error": "cursor is not one this API handed out", "detail": None}
