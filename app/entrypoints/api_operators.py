@@ -95,11 +95,11 @@ async def cancel_job(
     context, actions = _context(request)
     row = await context.readers.store.get_job(job_id)
     if row is None:
-        raise ApiError(404, f"no job {job_id!r}", {"job_id": job_id})
+        raise ApiError(404, f"no job {job_id!r}")
     try:
         event = cancel_event(row, body.actor, context.clock.now(), body.reason)
     except InvalidAction as exc:
-        raise ApiError(409, str(exc), {"job_id": job_id}) from exc
+        raise ApiError(409, str(exc)) from exc
     await actions.publish(event)
     return {
         "job_id": job_id,
