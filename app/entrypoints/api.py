@@ -1,25 +1,23 @@
 """The HTTP API for the Cloud (read side): jobs, histories, lists, stats, health and metrics.
 
 ``create_api`` builds the FastAPI app from what the composition root made; nothing is built at
-import time. Every error is JSON ``{"error": ..., "detail": ...}``: bad input is a 4xx (422 for
-a bad parameter or an unknown one, 404 for an unknown job, 413 for an oversize body), a store
-outage a 503; user values only ever reach the stores as bound parameters.
+import time. Every error is JSON ``{"error": ..., "detail": ...}`` (see ``api_edge``): bad input
+is a 4xx (422 for a bad parameter or an unknown one, 404 for an unknown job, 413 for an oversize
+body), a store outage a 503; user values only ever reach the stores as bound parameters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException
 
 from app.adapters.clock import SystemClock
 from app.adapters.sql_queries import SqlJobQueries
@@ -28,6 +26,16 @@ from app.domain.events import JOB_ID_PATTERN, MAX_PAYLOAD_BYTES
 from app.entrypoints.api_audit import audits
 from app.entrypoints.api_auth import Tokens, install_tokens, load_tokens, require_reader
 from app.entrypoints.api_cli import row_json
+from app.entrypoints.api_edge import (
+    READ_ERRORS,
+    ApiError,
+    EdgeRoute,
+    answers,
+    error_response,
+    errors,
+    install_error_handlers,
+)
+from app.entrypoints.api_models import HealthOut, HistoryEntryOut, StatsOut
 from app.entrypoints.api_operators import RabbitActions, operators
 from app.entrypoints.cli import flat_event
 from app.entrypoints.dashboard import install_dashboard
@@ -42,7 +50,6 @@ from app.services.queries import (
     MAX_PAGE_SIZE,
     MAX_STATS_MINUTES,
     Instant,
-    InvalidQuery,
     JobFilter,
     JobQueries,
     Stats,
@@ -53,15 +60,6 @@ log = logging.getLogger("jobtrail.api")
 
 MAX_BODY_BYTES = MAX_PAYLOAD_BYTES
 PING_TIMEOUT_SECONDS = 5.0
-_MAX_ECHO = 60
-_ROUTING_MESSAGES = {404: "no such endpoint", 405: "method not allowed on this endpoint"}
-
-
-class ErrorOut(BaseModel):
-    """Every error the API answers."""
-
-    error: str = Field(description="What went wrong, in one line.")
-    detail: Any = Field(default=None, description="Structured detail, when there is some.")
 
 
 class JobsQuery(JobFilter):
@@ -100,43 +98,13 @@ Ctx = Annotated[ApiContext, Depends(_context)]
 JobIdPath = Annotated[
     str, Path(pattern=JOB_ID_PATTERN, description="The job's id (1-200 of A-Z a-z 0-9 . _ : -).")
 ]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 413, 422, 503)
-}
+reads = APIRouter(
+    dependencies=[Depends(require_reader)], responses=errors(*READ_ERRORS), route_class=EdgeRoute
+)
+probes = APIRouter(route_class=EdgeRoute)
 
 
-class ApiError(HTTPException):
-    """An HTTP error with a structured ``detail`` next to its message."""
-
-    def __init__(self, status: int, message: str, info: Any = None) -> None:
-        super().__init__(status, message)
-        self.info = info
-
-
-def error_response(
-    status: int, message: str, detail: Any = None, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"error": message, "detail": detail}, status, headers=headers)
-
-
-def only(*names: str) -> Callable[[Request], Awaitable[None]]:
-    """A dependency refusing (422) any query parameter not in ``names``."""
-    allowed = frozenset(names)
-
-    async def check(request: Request) -> None:
-        unknown = sorted({name[:_MAX_ECHO] for name in request.query_params} - allowed)
-        if unknown:
-            info = {"unknown": unknown[:10], "allowed": sorted(allowed)}
-            raise ApiError(422, f"unknown query parameter {unknown[0]!r}", info)
-
-    return check
-
-
-reads = APIRouter(dependencies=[Depends(require_reader)], responses=ERRORS)
-probes = APIRouter()
-
-
-@reads.get("/jobs/{job_id}", response_model=JobRow, dependencies=[Depends(only("as_of"))])
+@reads.get("/jobs/{job_id}", response_model=JobRow, responses=errors(404))
 async def get_job(
     job_id: JobIdPath,
     ctx: Ctx,
@@ -156,7 +124,7 @@ async def get_job(
     return JSONResponse(row_json(row))
 
 
-@reads.get("/jobs/{job_id}/history", dependencies=[Depends(only())])
+@reads.get("/jobs/{job_id}/history", response_model=list[HistoryEntryOut], responses=errors(404))
 async def get_history(job_id: JobIdPath, ctx: Ctx) -> JSONResponse:
     """Every recorded event of the job in seq order, as ``jobtrail history --json`` prints it."""
     events = await ctx.readers.log.read_job(job_id)
@@ -165,9 +133,7 @@ async def get_history(job_id: JobIdPath, ctx: Ctx) -> JSONResponse:
     return JSONResponse([flat_event(e) for e in events])
 
 
-@reads.get(
-    "/jobs", response_model=JobPageOut, dependencies=[Depends(only(*JobsQuery.model_fields))]
-)
+@reads.get("/jobs", response_model=JobPageOut)
 async def get_jobs(query: Annotated[JobsQuery, Query()], ctx: Ctx) -> JSONResponse:
     """Jobs matching every given filter, most recently changed first, one page at a time."""
     filters = JobFilter.model_validate(query.model_dump(exclude={"limit", "cursor"}))
@@ -176,7 +142,7 @@ async def get_jobs(query: Annotated[JobsQuery, Query()], ctx: Ctx) -> JSONRespon
     return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
 
-@reads.get("/stats", dependencies=[Depends(only("minutes"))])
+@reads.get("/stats", response_model=StatsOut)
 async def get_stats(
     ctx: Ctx,
     minutes: Annotated[
@@ -221,7 +187,12 @@ async def health_state(ctx: ApiContext) -> tuple[str, str | None]:
     return "ok", None
 
 
-@probes.get("/healthz", dependencies=[Depends(only())])
+@probes.get(
+    "/healthz",
+    response_model=HealthOut,
+    responses=errors(413, 422)
+    | {503: {"model": HealthOut, "description": "Degraded, with the reason."}},
+)
 async def get_healthz(ctx: Ctx) -> JSONResponse:
     """200 ``{"status": "ok"}``, or 503 ``{"status": "degraded", "reason": ...}``."""
     status, reason = await health_state(ctx)
@@ -230,48 +201,14 @@ async def get_healthz(ctx: Ctx) -> JSONResponse:
     return JSONResponse({"status": status, "reason": reason}, 503)
 
 
-@reads.get("/metrics", dependencies=[Depends(only())], response_class=Response)
+@reads.get(
+    "/metrics",
+    response_class=Response,
+    responses=answers("text/plain", "The Prometheus text exposition format."),
+)
 async def get_metrics(ctx: Ctx) -> Response:
     """Prometheus metrics, in the text exposition format."""
     return Response(ctx.metrics.render(), media_type=ctx.metrics.content_type)
-
-
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    detail = exc.info if isinstance(exc, ApiError) else None
-    message = exc.detail if isinstance(exc.detail, str) else "request refused"
-    if not isinstance(exc, ApiError):  # raised by routing itself, with Starlette's wording
-        message = _ROUTING_MESSAGES.get(exc.status_code, message)
-    return error_response(exc.status_code, message, detail, exc.headers)
-
-
-async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    problems = [
-        {
-            "loc": ".".join(str(part)[:_MAX_ECHO] for part in error["loc"]),
-            "msg": str(error["msg"]).removeprefix("Value error, ")[:300],
-            "type": error["type"],
-        }
-        for error in exc.errors()
-    ]
-    first = problems[0] if problems else {"loc": "request", "msg": "invalid"}
-    return error_response(422, f"invalid {first['loc']}: {first['msg']}", problems)
-
-
-async def _on_invalid_query(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(422, str(exc))
-
-
-async def _on_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("store unavailable", extra={"path": request.url.path, "error": str(exc)})
-    message = "storage is unavailable; try again later"
-    return error_response(503, message, None, {"Retry-After": "5"})
-
-
-async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request failed", exc_info=exc, extra={"path": request.url.path})
-    return error_response(500, "internal error")
 
 
 class BodyLimit:
@@ -345,15 +282,7 @@ def create_api(
     api.include_router(operators)
     install_dashboard(api, settings)
     api.include_router(audits)
-    _install_error_handlers(api)
+    install_error_handlers(api)
     api.add_middleware(BodyLimit)
     api.add_middleware(RequestTimer, metrics=context.metrics)
     return api
-
-
-def _install_error_handlers(api: FastAPI) -> None:
-    api.add_exception_handler(HTTPException, _on_http_error)
-    api.add_exception_handler(RequestValidationError, _on_validation_error)
-    api.add_exception_handler(InvalidQuery, _on_invalid_query)
-    api.add_exception_handler(StoreUnavailable, _on_store_unavailable)
-    api.add_exception_handler(Exception, _on_crash)

@@ -5,21 +5,27 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Annotated, cast
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from app.domain.chain import verify_chain
 from app.domain.events import JOB_ID_PATTERN
 from app.domain.state import JobStatus
 from app.entrypoints.api_auth import require_reader
+from app.entrypoints.api_edge import READ_ERRORS, ApiError, EdgeRoute, errors
+from app.entrypoints.api_models import FleetOut, VerifyOut
 from app.services.fleet import FleetKey, decode_fleet_cursor, encode_fleet_cursor, fleet_page
-from app.services.queries import MAX_CURSOR_LENGTH
+from app.services.queries import MAX_CURSOR_LENGTH, Instant
 
 if TYPE_CHECKING:
     from app.entrypoints.api import ApiContext
 
-audits = APIRouter(dependencies=[Depends(require_reader)], tags=["auditors"])
+audits = APIRouter(
+    dependencies=[Depends(require_reader)],
+    tags=["auditors"],
+    responses=errors(*READ_ERRORS),
+    route_class=EdgeRoute,
+)
 
 
 def _context(request: Request) -> ApiContext:
@@ -36,10 +42,15 @@ def _fleet_turn(request: Request) -> asyncio.Semaphore:
     return cast(asyncio.Semaphore, gate)
 
 
-@audits.get("/fleet", summary="Jobs by state (and pool, tenant or model) as of an instant")
+@audits.get(
+    "/fleet",
+    summary="Jobs by state (and pool, tenant or model) as of an instant",
+    response_model=FleetOut,
+    response_model_exclude_unset=True,
+)
 async def fleet(
     request: Request,
-    at: Annotated[AwareDatetime, Query(description="The instant (ISO-8601 with an offset).")],
+    at: Annotated[Instant, Query(description="The instant (ISO-8601 with an offset).")],
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     by: Annotated[FleetKey | None, Query(description="Group by pool, tenant or model.")] = None,
     ids: Annotated[bool, Query(description="List the job ids of each group.")] = False,
@@ -85,13 +96,19 @@ async def fleet(
     return JSONResponse(body)  # plain json.dumps: FastAPI's encoder costs ~10 µs per job id
 
 
-@audits.get("/jobs/{job_id}/verify", summary="Re-compute one job's hash chain")
+@audits.get(
+    "/jobs/{job_id}/verify",
+    summary="Re-compute one job's hash chain",
+    response_model=VerifyOut,
+    response_model_exclude_unset=True,
+    responses=errors(404),
+)
 async def verify_job(
     request: Request, job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN, max_length=200)]
 ) -> dict[str, object]:
     entries = await _context(request).readers.log.read_job_raw(job_id)
     if not entries:
-        raise HTTPException(404, f"no events for job {job_id!r}")
+        raise ApiError(404, f"no events for job {job_id!r}", {"job_id": job_id})
     broken = verify_chain(job_id, entries)
     if broken is None:
         return {"job_id": job_id, "intact": True, "entries": len(entries)}

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Annotated, cast
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+import aiormq
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.client import JobtrailClient
-from app.domain.events import JOB_ID_PATTERN, DeadLetterReason, JobEvent
+from app.domain.events import JOB_ID_PATTERN, DeadLetterReason, JobEvent, Name, PoolName, Text
 from app.entrypoints.api_auth import require_operator
+from app.entrypoints.api_edge import OPERATOR_ERRORS, ApiError, EdgeRoute, errors
+from app.entrypoints.api_models import CancelOut, RedriveOut
+from app.ports import PublishFailed
 from app.services.operations import (
     ActionPublisher,
     InvalidAction,
@@ -19,27 +24,36 @@ from app.services.operations import (
     publish_all,
     redrive_event,
 )
+from app.services.queries import Instant
 
 if TYPE_CHECKING:
     from app.entrypoints.api import ApiContext
 
-operators = APIRouter(dependencies=[Depends(require_operator)], tags=["operators"])
+operators = APIRouter(
+    dependencies=[Depends(require_operator)],
+    tags=["operators"],
+    responses=errors(*OPERATOR_ERRORS),
+    route_class=EdgeRoute,
+)
+CONNECT_TIMEOUT_SECONDS = 10.0
 
-Actor = Annotated[str, Field(min_length=1, max_length=200, description="Who acts; recorded.")]
+# The request fields have the types of the event fields they become (app.domain.events), so a
+# request the model accepts always makes a valid event: no 500 on a value the event refuses.
+Actor = Annotated[Name, Field(description="Who acts (1-200 characters, no NUL); recorded.")]
 
 
 class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     actor: Actor
-    reason: str = Field(default="", max_length=4000)
+    reason: Text = Field(default="", description="Why (at most 4000 characters, no NUL).")
 
 
 class RedriveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     actor: Actor
     reason: DeadLetterReason | None = None
-    pool: str | None = Field(default=None, min_length=1, max_length=200)
-    since: AwareDatetime | None = None
+    pool: PoolName | None = None
+    since: Instant | None = Field(default=None, description="Dead-lettered at or after (ISO-8601).")
     limit: int = Field(default=1000, ge=1, le=100_000)
     dry_run: bool = False
 
@@ -51,8 +65,15 @@ class RabbitActions:
         self._url = rabbit_url
 
     async def publish(self, event: JobEvent) -> None:
-        async with JobtrailClient(self._url, source="operator") as client:
-            await client.publish(event)
+        """Publish ``event``; ``PublishFailed`` when the broker cannot be reached or refuses it."""
+        try:
+            async with (
+                asyncio.timeout(CONNECT_TIMEOUT_SECONDS),
+                JobtrailClient(self._url, source="operator") as client,
+            ):
+                await client.publish(event)
+        except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
+            raise PublishFailed(f"the broker is unavailable: {exc!r}") from exc
 
 
 def _context(request: Request) -> tuple[ApiContext, ActionPublisher]:
@@ -61,7 +82,12 @@ def _context(request: Request) -> tuple[ApiContext, ActionPublisher]:
     return context, actions
 
 
-@operators.post("/jobs/{job_id}/cancel", summary="Cancel a live job (a cancelled event)")
+@operators.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a live job (a cancelled event)",
+    response_model=CancelOut,
+    responses=errors(404, 409),
+)
 async def cancel_job(
     request: Request,
     body: CancelRequest,
@@ -70,11 +96,11 @@ async def cancel_job(
     context, actions = _context(request)
     row = await context.readers.store.get_job(job_id)
     if row is None:
-        raise HTTPException(404, f"no job {job_id!r}")
+        raise ApiError(404, f"no job {job_id!r}")
     try:
         event = cancel_event(row, body.actor, context.clock.now(), body.reason)
     except InvalidAction as exc:
-        raise HTTPException(409, str(exc)) from exc
+        raise ApiError(409, str(exc)) from exc
     await actions.publish(event)
     return {
         "job_id": job_id,
@@ -84,7 +110,12 @@ async def cancel_job(
     }
 
 
-@operators.post("/redrive", summary="Send matching dead letters back to their queues")
+@operators.post(
+    "/redrive",
+    summary="Send matching dead letters back to their queues",
+    response_model=RedriveOut,
+    response_model_exclude_unset=True,
+)
 async def redrive_jobs(request: Request, body: RedriveRequest) -> dict[str, object]:
     context, actions = _context(request)
     selection = RedriveSelection(body.reason, body.pool, body.since, body.limit)

@@ -15,13 +15,15 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.adapters.rabbit_management import ManagementUnavailable, RabbitManagement
 from app.domain.state import JobStatus
 from app.entrypoints.api_auth import require_reader
+from app.entrypoints.api_edge import READ_ERRORS, EdgeRoute, answers, errors
+from app.entrypoints.api_models import DashboardDataOut
 from app.entrypoints.dashboard_page import SCRIPT, STYLE_ALL, page_html
 from app.ports import JobRow
 from app.services.queries import JobFilter, JobQueries, list_jobs
@@ -98,14 +100,8 @@ def _security_policy() -> str:
     )
 
 
-async def no_parameters(request: Request) -> None:
-    """Refuse (422) query parameters, as every read endpoint of the API does."""
-    if request.query_params:
-        name = sorted(request.query_params)[0][:60]
-        raise HTTPException(422, f"unknown query parameter {name!r}")
-
-
-dashboard = APIRouter(tags=["dashboard"])
+# EdgeRoute refuses (422) query parameters on these as on every other endpoint.
+dashboard = APIRouter(tags=["dashboard"], route_class=EdgeRoute)
 
 
 @dashboard.get("/", include_in_schema=False)
@@ -114,7 +110,11 @@ async def get_root() -> RedirectResponse:
     return RedirectResponse("dashboard", status_code=307)
 
 
-@dashboard.get("/dashboard", response_class=HTMLResponse)
+@dashboard.get(
+    "/dashboard",
+    response_class=HTMLResponse,
+    responses=answers("text/html", "The page.", 413, 422),
+)
 async def get_dashboard() -> HTMLResponse:
     """The dashboard page (self-contained; it polls ``/stats`` and ``/dashboard/data``)."""
     headers = {
@@ -126,7 +126,12 @@ async def get_dashboard() -> HTMLResponse:
     return HTMLResponse(page_html(), headers=headers)
 
 
-@dashboard.get("/dashboard/data", dependencies=[Depends(require_reader), Depends(no_parameters)])
+@dashboard.get(
+    "/dashboard/data",
+    dependencies=[Depends(require_reader)],
+    response_model=DashboardDataOut,
+    responses=errors(*READ_ERRORS),
+)
 async def get_dashboard_data(request: Request) -> JSONResponse:
     """Dead letters with reasons, jobs with anomalies, and work-queue health."""
     context = cast("ApiContext", request.app.state.jobtrail)
@@ -140,7 +145,11 @@ async def get_dashboard_data(request: Request) -> JSONResponse:
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
-@dashboard.get("/asyncapi.json", dependencies=[Depends(no_parameters)])
+@dashboard.get(
+    "/asyncapi.json",
+    response_model=dict[str, Any],
+    responses=errors(413, 422),
+)
 async def get_asyncapi(request: Request) -> JSONResponse:
     """The AsyncAPI 3.0 document of the event contract, for this API's broker, vhost and policy."""
     from app.entrypoints.asyncapi_cli import event_contract  # built on first use

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     model_validator,
 )
 
@@ -72,7 +73,16 @@ def _iso_text(value: object) -> object:
 
 Instant = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_utc)]
 """A timezone-aware ISO-8601 instant, normalised to UTC (naive, numeric or out-of-range values
-are refused)."""
+are refused). Every instant the API or the CLI takes (filters, ``as_of``, ``at``, ``since``, page
+cursors) is read by this one type, so they all refuse the same things, such as
+``0001-01-01T00:00+05:00`` (no UTC form)."""
+_INSTANT: TypeAdapter[datetime] = TypeAdapter(Instant)
+
+
+def parse_instant(text: str) -> datetime:
+    """``text`` as an ``Instant`` in UTC; raises ValueError for anything ``Instant`` refuses."""
+    return _INSTANT.validate_python(text)
+
 
 # Stored names never hold NUL (PostgreSQL cannot store it), so refusing it loses no match.
 FilterText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
@@ -143,12 +153,14 @@ def decode_cursor(cursor: str) -> PageKey:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         updated, job_id = json.loads(raw)
-        at = datetime.fromisoformat(updated)
+        if not isinstance(updated, str) or not isinstance(job_id, str):
+            raise TypeError("a cursor holds two strings")
+        at = parse_instant(updated)  # ValueError (a ValidationError) for a forged instant
     except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as exc:
         raise InvalidCursor("cursor is not one this API handed out") from exc
-    if at.tzinfo is None or not isinstance(job_id, str) or not re.fullmatch(JOB_ID_PATTERN, job_id):
+    if not re.fullmatch(JOB_ID_PATTERN, job_id):
         raise InvalidCursor("cursor is not one this API handed out")
-    return PageKey(_utc(at), job_id)
+    return PageKey(at, job_id)
 
 
 @dataclass(frozen=True, slots=True)
