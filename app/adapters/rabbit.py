@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -208,6 +209,7 @@ class RabbitPublisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             priority=priority,
             message_id=message_id,
+            timestamp=datetime.now(UTC),  # when Jobtrail published it (AMQP: whole seconds)
         )
         await publish_to_queue(channel, message, routing_key, self._timeout)
 

@@ -22,6 +22,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,10 @@ class WorkMessage:
     message_id: str | None
     event_id: str
     at: float
-    """``time.monotonic()`` when it reached the consumer."""
+    """``time.time()`` when it reached the consumer."""
+    published: float | None = None
+    """When the tracker published it (its AMQP timestamp, whole seconds): unlike ``at``, not
+    moved by our consumer falling behind on a loaded machine."""
     redelivered: bool = False
     """RabbitMQ gave this copy to our consumer again (its connection dropped before our ack):
     one publication seen twice, not a second publication."""
@@ -140,7 +144,8 @@ class WorkQueueCounter:
                     attempt=int(str(headers.get("x-jobtrail-attempt", 0))),
                     message_id=message.message_id,
                     event_id=str(headers.get("x-jobtrail-event-id")),
-                    at=time.monotonic(),
+                    at=time.time(),
+                    published=_published(message),
                     redelivered=bool(message.redelivered),
                 )
             )
@@ -153,13 +158,26 @@ class WorkQueueCounter:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             last = self.seen[-1].at if self.seen else 0.0
-            if time.monotonic() - last >= seconds:
+            if time.time() - last >= seconds:
                 return
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
         if self._connection is not None:
             await self._connection.close()
+
+
+def _published(message: aio_pika.abc.AbstractIncomingMessage) -> float | None:
+    stamp = message.timestamp
+    if stamp is None:
+        return None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+
+def _sent(message: WorkMessage) -> float:
+    """When a copy left its tracker: its timestamp if it has one (whole seconds, so up to 1 s
+    early: the window's end gets 1 s more), else when it reached us."""
+    return message.at if message.published is None else message.published
 
 
 def publication_counts(
@@ -181,9 +199,9 @@ def publication_counts(
         ids = {c.message_id for c in copies}
         two_ids += len(ids) > 1
         extra_same_id += len(copies) - 1 if len(ids) == 1 else 0
-        first = copies[0].at
+        first = _sent(copies[0])
         unexplained = [c for c in copies[1:]
-                       if not any(first - CRASH_MARGIN <= k <= c.at for k in kills)]  # fmt: skip
+                       if not any(first - CRASH_MARGIN <= k <= _sent(c) + 1 for k in kills)]  # fmt: skip
         without_crash += len(unexplained)
         examples.append({
             "job_id": job_id, "attempt": attempt, "message_ids": sorted(map(str, ids)),
@@ -243,7 +261,7 @@ class Storm:
 
     sent: int = 0
     kills: list[float] = field(default_factory=list)
-    """``time.monotonic()`` of each SIGKILL."""
+    """``time.time()`` of each SIGKILL (wall time, to compare with AMQP timestamps)."""
     victims: list[int] = field(default_factory=list)
     restart_seconds: list[float] = field(default_factory=list)
 
@@ -275,7 +293,7 @@ async def _storm(
             continue
         victim = chooser.choice(running)
         await asyncio.to_thread(trackers[victim].kill)
-        storm.kills.append(time.monotonic())
+        storm.kills.append(time.time())
         storm.victims.append(victim)
         restarts[victim] = asyncio.create_task(storm.restart(trackers[victim]))
     await asyncio.gather(*restarts.values())
