@@ -64,13 +64,22 @@ class DemoConfig:
             (4 <= self.nodes <= 64, "--nodes must be between 4 and 64"),
             (5 <= self.duration <= 3600, "--duration must be between 5 and 3600 seconds"),
             (0 <= self.failure_rate <= 1, "--failure-rate must be between 0 and 1"),
-            (0 <= self.slow_nodes <= self.nodes - 4, "--slow-nodes must leave 4 healthy nodes"),
+            (
+                0 <= self.slow_nodes <= self.nodes - 4,
+                f"--slow-nodes must leave 4 healthy nodes (at most {max(0, self.nodes - 4)} "
+                f"with --nodes {self.nodes})",
+            ),
             (bool(POOL_NAME.fullmatch(self.flaky_pool)), "--flaky-pool must be a pool name"),
             (self.flaky_pool not in (*REGULAR_POOLS, EDGE_POOL), "--flaky-pool must be new"),
         )
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @staticmethod
+    def default_slow_nodes(nodes: int) -> int:
+        """One slow node where the fleet has room for it (4 healthy nodes), else none."""
+        return min(1, max(0, nodes - 4))
 
     @property
     def submit_for(self) -> float:

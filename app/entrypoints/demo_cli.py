@@ -24,7 +24,10 @@ def demo(
     failure_rate: Annotated[
         float, typer.Option(help="Share of attempts that fail (retryable or not).")
     ] = 0.15,
-    slow_nodes: Annotated[int, typer.Option(help="Nodes that stall past their lease.")] = 1,
+    slow_nodes: Annotated[
+        int | None,
+        typer.Option(help="Nodes that stall past their lease (default 1, 0 with --nodes 4)."),
+    ] = None,
     flaky_pool: Annotated[
         str, typer.Option(help="A pool whose nodes often fail: its jobs get rerouted.")
     ] = "gpu-flaky",
@@ -41,7 +44,8 @@ def demo(
     expiries, dead letters), serve the dashboard on loopback, stop after --duration seconds
     or on Ctrl-C, and print a summary."""
     try:
-        config = DemoConfig(rate, nodes, duration, failure_rate, slow_nodes, flaky_pool, seed)
+        slow = DemoConfig.default_slow_nodes(nodes) if slow_nodes is None else slow_nodes
+        config = DemoConfig(rate, nodes, duration, failure_rate, slow, flaky_pool, seed)
     except ValueError as exc:
         fail(str(exc), 2)
     settings = load_settings()

@@ -58,14 +58,20 @@ def _offset(minutes: int) -> str:
 
 
 OFFSETS = st.one_of(
-    st.sampled_from(["Z", "+00:01", "-00:01", "+05:00", "-05:00", "+14:00", "-12:00", "+23:59", "-23:59"]),
+    st.sampled_from(
+        ["Z", "+00:01", "-00:01", "+05:00", "-05:00", "+14:00", "-12:00", "+23:59", "-23:59"]
+    ),
     st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(lambda m: _offset(m)),
 )
 
 
 NO_UTC_CORNERS = st.one_of(
-    st.integers(min_value=1, max_value=24 * 60 - 1).map(lambda m: "0001-01-01T00:00:00" + _offset(m)),
-    st.integers(min_value=1, max_value=24 * 60 - 1).map(lambda m: "9999-12-31T23:59:59" + _offset(-m)),
+    st.integers(min_value=1, max_value=24 * 60 - 1).map(
+        lambda m: "0001-01-01T00:00:00" + _offset(m)
+    ),
+    st.integers(min_value=1, max_value=24 * 60 - 1).map(
+        lambda m: "9999-12-31T23:59:59" + _offset(-m)
+    ),
 )
 """Instants before 0001-01-01 or after 9999-12-31 once in UTC: they have no UTC form."""
 EDGE_INSTANTS = st.one_of(
@@ -80,7 +86,9 @@ EDGE_INSTANTS = st.one_of(
 )
 """The first and last days of the calendar in any offset, half of them with no UTC form."""
 
-CONTROL = st.text(alphabet=st.characters(categories=["Cc", "Co", "Zl", "Zp"]), min_size=1, max_size=8)
+CONTROL = st.text(
+    alphabet=st.characters(categories=["Cc", "Co", "Zl", "Zp"]), min_size=1, max_size=8
+)
 LONE_SURROGATES = st.text(alphabet=st.characters(categories=["Cs"]), min_size=1, max_size=4)
 LONG = 100_000
 URL_LONG = 60_000
@@ -124,6 +132,7 @@ def values_for(name: str) -> st.SearchStrategy[Any]:
     if name == "cursor":
         return st.one_of(FORGED_CURSORS, ANY_VALUE)
     return ANY_VALUE
+
 
 JSON_VALUES = st.one_of(
     hostile_text(LONG // 2, surrogates=True),  # 6-byte escapes keep a body under 64 KiB
@@ -187,7 +196,6 @@ async def test_boundary_values_as_parameter_names(api: httpx.AsyncClient) -> Non
             problem = assert_error_shape(response, 422)
             assert problem["error"].startswith("unknown query parameter")
             assert len(response.text) < 5000  # a long name is not echoed back whole
-
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,11 @@ def cursor_of(instant: str, job_id: str = "job-done") -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-NO_UTC_FORM = ["0001-01-01T00:00:00+05:00", "0001-01-01T03:00:00+14:00", "9999-12-31T23:59:59-05:00"]
+NO_UTC_FORM = [
+    "0001-01-01T00:00:00+05:00",
+    "0001-01-01T03:00:00+14:00",
+    "9999-12-31T23:59:59-05:00",
+]
 
 
 # -- regressions: each 500 the issue found ----------------------------------------------------
@@ -234,10 +238,22 @@ async def test_the_openapi_document_declares_the_real_answers(api: httpx.AsyncCl
         ("get", "/healthz"): {"200", "413", "422", "503"},
         ("get", "/dashboard"): {"200", "413", "422"},
         ("get", "/asyncapi.json"): {"200", "413", "422"},
-        ("post", "/jobs/{job_id}/cancel"): {"200", "400", "401", "403", "404", "409", "413", "422", "503"},
+        ("post", "/jobs/{job_id}/cancel"): {
+            "200",
+            "400",
+            "401",
+            "403",
+            "404",
+            "409",
+            "413",
+            "422",
+            "503",
+        },
         ("post", "/redrive"): {"200", "400", "401", "403", "413", "422", "503"},
     }
-    declared = {(m, p): set(op["responses"]) for p, ops in spec["paths"].items() for m, op in ops.items()}
+    declared = {
+        (m, p): set(op["responses"]) for p, ops in spec["paths"].items() for m, op in ops.items()
+    }
     assert declared == expected
     error_ref = {"$ref": "#/components/schemas/ErrorOut"}
     for (method, path), codes in declared.items():

@@ -103,9 +103,7 @@ def live_api(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iter
         assert "Traceback" not in text, text[-5000:]
 
 
-def run_schemathesis(
-    url: str, token: str | None
-) -> tuple[list[str], dict[str, set[str]]]:
+def run_schemathesis(url: str, token: str | None) -> tuple[list[str], dict[str, set[str]]]:
     """Failures (one line each) of one seeded run over every operation and phase, and the checks
     that ran on each operation."""
     config = SchemathesisConfig()

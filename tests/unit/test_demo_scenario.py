@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -37,7 +38,10 @@ from app.domain.state import JobSpec
         ({"nodes": 3}, "--nodes must be between 4 and 64"),
         ({"duration": 4000}, "--duration must be between 5 and 3600 seconds"),
         ({"failure_rate": 1.5}, "--failure-rate must be between 0 and 1"),
-        ({"nodes": 5, "slow_nodes": 2}, "--slow-nodes must leave 4 healthy nodes"),
+        (
+            {"nodes": 5, "slow_nodes": 2},
+            "--slow-nodes must leave 4 healthy nodes (at most 1 with --nodes 5)",
+        ),
         ({"flaky_pool": "Bad Pool"}, "--flaky-pool must be a pool name"),
         ({"flaky_pool": "a.b"}, "--flaky-pool must be a pool name"),
         ({"flaky_pool": "gpu-a"}, "--flaky-pool must be new"),
@@ -46,7 +50,7 @@ from app.domain.state import JobSpec
 def test_bad_knobs_are_refused_with_the_option_named(
     knobs: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=f"^{message}$"):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         DemoConfig(**knobs)  # type: ignore[arg-type]
 
 
@@ -126,3 +130,11 @@ def test_the_demo_policy_reroutes_the_flaky_pool_and_keeps_leases_short() -> Non
     assert rules.lease_timeout.total_seconds() <= 3
     assert rules.retry.initial_interval.total_seconds() <= 1
     assert "invalid_input" in rules.non_retryable_errors
+
+
+@pytest.mark.parametrize(("nodes", "slow"), [(4, 0), (5, 1), (8, 1), (64, 1)])
+def test_the_default_slow_nodes_fit_every_allowed_fleet(nodes: int, slow: int) -> None:
+    assert DemoConfig.default_slow_nodes(nodes) == slow
+    config = DemoConfig(nodes=nodes, slow_nodes=DemoConfig.default_slow_nodes(nodes))
+    healthy = {n.pool for n in fleet(config) if not n.slow}
+    assert set(REGULAR_POOLS) <= healthy
