@@ -16,7 +16,12 @@ from typing import Any
 import aio_pika
 import aiormq
 
-from app.adapters.rabbit import EVENTS_EXCHANGE, JOB_ID_HEADER, work_queue_args
+from app.adapters.rabbit import (
+    EVENTS_EXCHANGE,
+    JOB_ID_HEADER,
+    ClosingConnection,
+    work_queue_args,
+)
 from app.domain.events import (
     Completed,
     Failed,
@@ -42,12 +47,14 @@ class JobtrailClient:
     def __init__(self, rabbit_url: str, source: str) -> None:
         self._url = rabbit_url
         self.source = source
-        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
     async def __aenter__(self) -> JobtrailClient:
-        self._connection = await aio_pika.connect_robust(self._url)
+        # A plain connection (the client lives for one use) that closes itself if it fails to
+        # open: aio-pika would otherwise leave a never-awaited close() to the garbage collector.
+        self._connection = await aio_pika.connect(self._url, connection_class=ClosingConnection)
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.adapters.mongo_log import mongo_client
+from app.adapters.rabbit import ClosingConnection
 from app.adapters.sql_schema import alembic_config, make_engine
 
 HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
@@ -111,7 +112,7 @@ async def _broker_steps(url: str) -> list[Check]:
 
 async def _connect(url: str, host: str, vhost: str, user: str) -> aio_pika.abc.AbstractConnection:
     try:
-        return await aio_pika.connect(url, timeout=TIMEOUT_S)
+        return await aio_pika.connect(url, timeout=TIMEOUT_S, connection_class=ClosingConnection)
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise _Refused(
             "broker",
@@ -161,7 +162,7 @@ async def _permissions(connection: aio_pika.abc.AbstractConnection, vhost: str, 
 
 async def _hash_plugin(url: str, host: str) -> Check:
     """An unknown exchange type closes the whole connection, so this check has one of its own."""
-    connection = await aio_pika.connect(url, timeout=TIMEOUT_S)
+    connection = await aio_pika.connect(url, timeout=TIMEOUT_S, connection_class=ClosingConnection)
     try:
         channel = await connection.channel()
         name = f"jobtrail.preflight.{uuid.uuid4().hex[:12]}.ring"

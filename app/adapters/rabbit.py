@@ -60,6 +60,22 @@ BROKER_ERRORS = (
 )
 
 
+class ClosingConnection(aio_pika.Connection):
+    """An aio-pika connection that closes itself when it fails to open.
+
+    Otherwise the failed object's ``__del__`` schedules ``close()`` from the garbage collector,
+    often with no loop running: a coroutine never awaited, warned about at some later moment.
+    Pass it as ``aio_pika.connect(url, connection_class=ClosingConnection)``.
+    """
+
+    async def connect(self, timeout: aio_pika.abc.TimeoutType = None) -> None:  # noqa: ASYNC109 - aio-pika's signature
+        try:
+            await super().connect(timeout)
+        except BaseException:
+            await self.close()
+            raise
+
+
 async def publish_to_queue(
     channel: aio_pika.abc.AbstractChannel,
     message: aio_pika.Message,

@@ -83,6 +83,7 @@ async def fleet(
     last = page.last_job
     body = {
         "at": at.isoformat(),
+        "status": status,
         "by": by,
         "groups": [
             {"key": g.key, "status": g.status, "count": g.count}

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from app.domain.state import JobStatus
+
 
 class HistoryEntryOut(BaseModel):
     """One recorded event: the log's fields, then the event's own (they depend on ``type``)."""
@@ -89,6 +91,7 @@ class FleetOut(BaseModel):
     """One page of the fleet: add up every page's groups until ``next_cursor`` is null."""
 
     at: AwareDatetime
+    status: JobStatus | None
     by: Literal["pool", "tenant", "model"] | None
     groups: list[FleetGroupOut]
     complete: bool

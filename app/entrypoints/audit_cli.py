@@ -131,7 +131,9 @@ StatusOpt = Annotated[
     JobStatus | None, typer.Option("--status", help="Count only jobs in this state.")
 ]
 ByOpt = Annotated[FleetKey | None, typer.Option("--by", help="Group the jobs by this field.")]
-ListOpt = Annotated[bool, typer.Option("--list", help="Also print the job ids of each group.")]
+ListOpt = Annotated[
+    bool, typer.Option("--list", "--ids", help="Also print the job ids of each group.")
+]
 
 
 @app.command()
@@ -182,7 +184,8 @@ def _print_fleet(
 
 
 def _fleet_item(group: FleetGroup, by: FleetKey | None, list_ids: bool) -> dict[str, Any]:
-    item: dict[str, Any] = {} if by is None else {by.value: group.key}
+    # The same group shape as GET /fleet: the grouping value under "key" (the field is "by").
+    item: dict[str, Any] = {} if by is None else {"key": group.key}
     item |= {"status": group.status, "count": group.count}
     if list_ids:
         item["job_ids"] = list(group.job_ids)

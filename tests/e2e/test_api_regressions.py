@@ -127,9 +127,6 @@ async def test_a_valid_cancel_and_redrive_still_publish(
     ]
 
 
-# aio-pika's failed connect_robust leaves a never-awaited RobustConnection.close() coroutine; it
-# is collected here, in this test, rather than warned about in whichever test runs next.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_an_unreachable_broker_is_503_not_500(backend: Backend) -> None:
     actions = RabbitActions("amqp://guest:guest@127.0.0.1:1/")
     app = backend.app(tokens=Tokens.of(operator=OPERATE), actions=actions)

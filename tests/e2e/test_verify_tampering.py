@@ -835,7 +835,7 @@ def test_fleet_json_lists_the_job_ids_of_each_group(env: dict[str, str], log_url
         "total": 2,
         "groups": [
             {
-                "model": "llama-3-8b",
+                "key": "llama-3-8b",
                 "status": "reserved",
                 "count": 2,
                 "job_ids": ["bystander-1", "bystander-2"],
