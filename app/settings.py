@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("var")
@@ -30,11 +30,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JOBTRAIL_", extra="ignore")
 
     rabbit_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    data_dir: Path = DEFAULT_DATA_DIR
+    """Where the embedded SQLite files live when no URL names a database (relative paths are
+    read from the working directory, and made absolute when the settings are read)."""
     log_url: str = Field(
-        default=f"sqlite+aiosqlite:///{DEFAULT_DATA_DIR / 'jobtrail-log.db'}",
+        default="",
         description="mongodb://… for the production MongoDB log, or a SQLAlchemy URL",
     )
-    sql_url: str = f"sqlite+aiosqlite:///{DEFAULT_DATA_DIR / 'jobtrail.db'}"
+    sql_url: str = ""
     policy_file: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -57,12 +60,22 @@ class Settings(BaseSettings):
     @field_validator("log_url")
     @classmethod
     def _log_url_is_known(cls, url: str) -> str:
-        return _known_url(url, MONGO_SCHEMES + SQL_SCHEMES, "the event log URL")
+        return url and _known_url(url, MONGO_SCHEMES + SQL_SCHEMES, "the event log URL")
 
     @field_validator("sql_url")
     @classmethod
     def _sql_url_is_known(cls, url: str) -> str:
-        return _known_url(url, SQL_SCHEMES, "the SQL URL")
+        return url and _known_url(url, SQL_SCHEMES, "the SQL URL")
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        """The SQLite files of the embedded mode, at an absolute path under ``data_dir``."""
+        self.data_dir = self.data_dir.expanduser().absolute()
+        if not self.log_url:
+            self.log_url = f"sqlite+aiosqlite:///{self.data_dir / 'jobtrail-log.db'}"
+        if not self.sql_url:
+            self.sql_url = f"sqlite+aiosqlite:///{self.data_dir / 'jobtrail.db'}"
+        return self
 
     @property
     def uses_mongo(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -36,6 +37,23 @@ JobIdArg = Annotated[str, typer.Argument(help="The job's id.", callback=job_id_a
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on standard output.")]
 
 
+def _require_sqlite_file(url: str, settings: Settings) -> None:
+    """A SQLite database whose folder is missing (a command run from another directory than
+    ``serve``, with the relative embedded default) is named, with the fix, instead of SQLite's
+    bare "unable to open database file"."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return
+    path = Path(url.split(":///", 1)[1].split("?", 1)[0])
+    if str(path) in ("", ":memory:") or path.parent.is_dir():
+        return  # (a missing file in an existing folder is SQLite's to create, as ever)
+    fail(
+        f"no Jobtrail database at {path} (the embedded default lives in JOBTRAIL_DATA_DIR, "
+        f"now {settings.data_dir}: run there, or set JOBTRAIL_DATA_DIR or the URL; "
+        "`jobtrail migrate` creates it)",
+        3,
+    )
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"jobtrail: {message}", err=True)
     raise typer.Exit(code)
@@ -63,6 +81,8 @@ def run(work: Callable[[], Coroutine[Any, Any, int]]) -> None:
 
 async def with_readers(settings: Settings, work: Callable[[Readers], Awaitable[int]]) -> int:
     """Open the log and projections, run ``work``, close them."""
+    for url in (settings.sql_url, settings.log_url):
+        _require_sqlite_file(url, settings)
     readers = open_readers(settings)
     try:
         return await work(readers)

@@ -141,3 +141,43 @@ def test_serve_logs_plain_lines_when_asked(tmp_path: Path) -> None:
     assert result.returncode == 2
     (warning,) = [line for line in result.stderr.splitlines() if "EMBEDDED MODE" in line]
     assert " WARNING jobtrail: EMBEDDED MODE" in warning and not warning.startswith("{")
+
+
+def test_a_command_run_away_from_the_embedded_data_names_it_and_the_fix(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "status", "j1"],
+        cwd=elsewhere,
+        env=environ | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"jobtrail: no Jobtrail database at {elsewhere / 'var'}/jobtrail.db")
+    assert "JOBTRAIL_DATA_DIR" in line and "Traceback" not in result.stderr
+    data = tmp_path / "data"
+    migrated = subprocess.run(
+        [sys.executable, "-m", "app", "migrate"],
+        cwd=tmp_path,
+        env=environ | {"PYTHONPATH": str(ROOT), "JOBTRAIL_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    found = subprocess.run(
+        [sys.executable, "-m", "app", "status", "j1"],
+        cwd=elsewhere,
+        env=environ | {"PYTHONPATH": str(ROOT), "JOBTRAIL_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert found.returncode == 2 and "no events for job 'j1'" in found.stderr, found.stderr
