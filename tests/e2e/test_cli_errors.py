@@ -12,11 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def jobtrail(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def jobtrail(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")} | env
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=environ,
         capture_output=True,
         text=True,
@@ -144,40 +144,15 @@ def test_serve_logs_plain_lines_when_asked(tmp_path: Path) -> None:
 
 
 def test_a_command_run_away_from_the_embedded_data_names_it_and_the_fix(tmp_path: Path) -> None:
-    elsewhere = tmp_path / "elsewhere"
+    elsewhere, data = tmp_path / "elsewhere", tmp_path / "data"
     elsewhere.mkdir()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "status", "j1"],
-        cwd=elsewhere,
-        env=environ | {"PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    where = {"PYTHONPATH": str(ROOT)}
+    result = jobtrail("status", "j1", cwd=elsewhere, **where)
     assert result.returncode == 3, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"jobtrail: no Jobtrail database at {elsewhere / 'var'}/jobtrail.db")
     assert "JOBTRAIL_DATA_DIR" in line and "Traceback" not in result.stderr
-    data = tmp_path / "data"
-    migrated = subprocess.run(
-        [sys.executable, "-m", "app", "migrate"],
-        cwd=tmp_path,
-        env=environ | {"PYTHONPATH": str(ROOT), "JOBTRAIL_DATA_DIR": str(data)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    migrated = jobtrail("migrate", cwd=tmp_path, JOBTRAIL_DATA_DIR=str(data), **where)
     assert migrated.returncode == 0, migrated.stderr
-    found = subprocess.run(
-        [sys.executable, "-m", "app", "status", "j1"],
-        cwd=elsewhere,
-        env=environ | {"PYTHONPATH": str(ROOT), "JOBTRAIL_DATA_DIR": str(data)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    found = jobtrail("status", "j1", cwd=elsewhere, JOBTRAIL_DATA_DIR=str(data), **where)
     assert found.returncode == 2 and "no events for job 'j1'" in found.stderr, found.stderr

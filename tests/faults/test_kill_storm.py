@@ -79,11 +79,21 @@ class Stream:
 def lifecycle_stream(count: int, prefix: str, chooser: random.Random) -> Stream:
     """About ``count`` events over jobs of every scenario, interleaved in waves of 64 jobs."""
     names = sorted(SCENARIOS)
+    return interleaved_stream(
+        count,
+        prefix,
+        lambda n: names[n % len(names)] if n < len(names) else chooser.choice(names),
+    )
+
+
+def interleaved_stream(count: int, prefix: str, scenario_of: Callable[[int], str]) -> Stream:
+    """About ``count`` events of jobs whose scenarios ``scenario_of`` (given how many jobs came
+    before) names, interleaved in waves of 64 jobs."""
     jobs: list[list[Any]] = []
     expected: dict[str, tuple[str, int, str]] = {}
     total = 0
     while total < count:
-        name = names[len(jobs) % len(names)] if len(jobs) < len(names) else chooser.choice(names)
+        name = scenario_of(len(jobs))
         job_id = f"{prefix}-{len(jobs):06d}-{name}"
         steps, final = SCENARIOS[name]
         jobs.append(scenario_events(job_id, steps))

@@ -45,11 +45,10 @@ from tests.faults.conftest import (
     write_artifact,
 )
 from tests.faults.test_kill_storm import (
-    SCENARIOS,
     Progress,
     Stream,
+    interleaved_stream,
     publish_events,
-    scenario_events,
 )
 
 # Full form only for now: under heavy load (load average 6-14 on 2 cores) 2 of 8 runs saw copies
@@ -79,22 +78,7 @@ WORK_QUEUES = ("jobtrail.work.p.batch", "jobtrail.work.steady.batch", "jobtrail.
 def retry_stream(count: int, prefix: str, chooser: Any) -> Stream:
     """About ``count`` events, mostly jobs that fail and are retried or rerouted, in waves."""
     names, weights = zip(*sorted(MIX.items()), strict=True)
-    jobs: list[list[Any]] = []
-    expected: dict[str, tuple[str, int, str]] = {}
-    total = 0
-    while total < count:
-        name = chooser.choices(names, weights)[0]
-        job_id = f"{prefix}-{len(jobs):06d}-{name}"
-        steps, final = SCENARIOS[name]
-        jobs.append(scenario_events(job_id, steps))
-        expected[job_id] = final
-        total += len(steps)
-    events: list[Any] = []
-    for start in range(0, len(jobs), 64):
-        wave = jobs[start : start + 64]
-        for step in range(max(len(j) for j in wave)):
-            events.extend(j[step] for j in wave if step < len(j))
-    return Stream(events, expected)
+    return interleaved_stream(count, prefix, lambda _: chooser.choices(names, weights)[0])
 
 
 @dataclass(frozen=True)
