@@ -77,10 +77,12 @@ async def prepare_storage(settings: Settings) -> None:
             await migrate(settings.log_url)
 
 
-async def preflight(settings: Settings, *, migrated: bool) -> list[Check]:
+async def preflight(settings: Settings, *, migrated: bool, broker: bool = True) -> list[Check]:
     """Every precondition of the broker and the stores, checked concurrently, in a fixed order.
 
-    ``migrated`` asks for the newest schema too (``doctor``); ``serve`` migrates by itself.
+    ``migrated`` asks for the newest schema too (``doctor``, ``api``); ``serve`` migrates by
+    itself. ``broker=False`` leaves the broker out (``api``: its reads need none, and its
+    operator actions answer 503 while the broker is away).
     """
     for url in (settings.sql_url, settings.log_url):
         _ensure_sqlite_dir(url)
@@ -89,12 +91,10 @@ async def preflight(settings: Settings, *, migrated: bool) -> list[Check]:
         if settings.uses_mongo
         else check_sql(settings.log_url, "event log", migrated=migrated)
     )
-    broker, store, event_log = await asyncio.gather(
-        check_broker(settings.rabbit_url),
-        check_sql(settings.sql_url, "projections", migrated=migrated),
-        log_check,
+    store, event_log = await asyncio.gather(
+        check_sql(settings.sql_url, "projections", migrated=migrated), log_check
     )
-    return [*broker, store, event_log]
+    return [*(await check_broker(settings.rabbit_url) if broker else []), store, event_log]
 
 
 def _ensure_sqlite_dir(url: str) -> None:

@@ -113,7 +113,10 @@ def api() -> None:
 
 
 async def _api(settings: Settings) -> int:
+    from app.entrypoints.doctor_cli import refuse_to_start
+
     tokens = load_tokens()
+    await refuse_to_start(settings, api_only=True)
     readers = open_readers(settings)
     logs.configure(settings.log_level, settings.log_format)
     stop = asyncio.Event()

@@ -24,9 +24,11 @@ def doctor() -> None:
     run(work)
 
 
-async def refuse_to_start(settings: Settings) -> None:
-    """Before ``serve`` runs anything: stop with one line per unmet precondition (exit 2)."""
-    failed = [check for check in await preflight(settings, migrated=False) if not check.ok]
+async def refuse_to_start(settings: Settings, *, api_only: bool = False) -> None:
+    """Before ``serve`` (or ``api``) runs anything: stop with one line per unmet precondition
+    (exit 2). ``api`` needs no broker for its reads, but stores that are migrated."""
+    checks = await preflight(settings, migrated=api_only, broker=not api_only)
+    failed = [check for check in checks if not check.ok]
     for check in failed:
         typer.echo(f"jobtrail: {check.line()[5:]}", err=True)
     if failed:

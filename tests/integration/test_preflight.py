@@ -142,3 +142,11 @@ def test_serve_without_the_hash_plugin_exits_within_30s_naming_it(
     code, out, _, _ = _jobtrail(_env(tmp_path, bare_rabbit.url), tmp_path, "doctor")
     assert code == 1
     assert "FAIL consistent-hash plugin" in out and "ok   permissions" in out
+
+
+def test_api_refuses_unmigrated_stores_and_needs_no_broker(tmp_path: Path) -> None:
+    env = _env(tmp_path, "amqp://guest:guest@127.0.0.1:1/")  # no broker: the API reads only
+    code, _, err, _ = _jobtrail(env, tmp_path, "api")
+    assert code == 2
+    assert "schema at none" in err and "(fix: jobtrail migrate)" in err
+    assert "Traceback" not in err and "broker" not in err
