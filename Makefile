@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 SECANTUS := .venv-secantus
 # @asyncapi/parser for tests/e2e/test_asyncapi.py (npm; the test installs it too when missing).
 NODE_DIR := .node
-ASYNCAPI_PARSER := @asyncapi/parser@3.6.6
 
 .PHONY: setup services browser serve test test-unit test-faults lint typecheck check bench clean
 
@@ -23,8 +22,11 @@ $(SECANTUS)/.installed: constraints-secantus.txt
 	$(SECANTUS)/bin/pip install -q -c constraints-secantus.txt 'secantusdb==0.7.0b3'
 	touch $@
 
-$(NODE_DIR)/.installed:
-	npm install --prefix $(NODE_DIR) --no-audit --no-fund --no-save $(ASYNCAPI_PARSER)
+# @asyncapi/parser for the AsyncAPI document's test, every npm package pinned by the lock.
+$(NODE_DIR)/.installed: tools/asyncapi/package.json tools/asyncapi/package-lock.json
+	mkdir -p $(NODE_DIR)
+	cp tools/asyncapi/package.json tools/asyncapi/package-lock.json $(NODE_DIR)/
+	npm ci --prefix $(NODE_DIR) --no-audit --no-fund
 	touch $@
 
 services:

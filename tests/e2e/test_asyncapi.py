@@ -159,9 +159,11 @@ def asyncapi_parser() -> Path:
         pytest.fail("node and npm are needed for @asyncapi/parser (install Node.js 18 or newer)")
     package = NODE_DIR / "node_modules" / PARSER[0] / "package.json"
     if not package.exists() or json.loads(package.read_text())["version"] != PARSER[1]:
+        NODE_DIR.mkdir(exist_ok=True)
+        for name in ("package.json", "package-lock.json"):  # the lock pins every npm package
+            shutil.copyfile(ROOT / "tools" / "asyncapi" / name, NODE_DIR / name)
         done = subprocess.run(
-            ["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--no-save",
-             f"{PARSER[0]}@{PARSER[1]}"],
+            ["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"],
             capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
