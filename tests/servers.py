@@ -154,7 +154,10 @@ def active_consumers(amqp_url: str) -> dict[str, list[str]]:
         }
         found: dict[str, list[str]] = {}
         for consumer in api.get(f"/consumers/{vhost}").json():
+            details = consumer.get("channel_details")
+            if not isinstance(details, dict):  # its channel is closing: listed with no details
+                continue
             if consumer.get("active", True):
-                peer = consumer["channel_details"]["connection_name"]
+                peer = details["connection_name"]
                 found.setdefault(consumer["queue"]["name"], []).append(names.get(peer, peer))
     return found
