@@ -105,7 +105,7 @@ async def test_a_poison_event_is_quarantined_and_its_255_batch_mates_recorded_on
         log_url=pg_url,
         sql_url=pg_url,
         partitions=2,
-        batch_wait_ms=500,  # a long linger: partition 0's 256 deliveries make one batch
+        batch_wait_ms=3000,  # a long linger: a batch closes full (256), whatever the load
         member_ttl_s=2,
     )
     await prepare_storage(settings)
