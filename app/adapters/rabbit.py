@@ -9,6 +9,7 @@ is never dropped for want of a queue.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -84,6 +85,11 @@ async def publish_to_queue(
 ) -> None:
     """Publish straight to ``queue`` (the default exchange), mandatory and confirmed."""
     await publish_confirmed(channel.default_exchange, message, queue, confirm_within)
+
+
+def quarantine_id(body: bytes) -> str:
+    """The ``message_id`` of a quarantined copy: the hex SHA-256 of its body."""
+    return hashlib.sha256(body).hexdigest()
 
 
 async def publish_confirmed(
@@ -200,10 +206,17 @@ class RabbitPublisher:
             raise PublishFailed(f"re-publishing an event for {job_id} failed: {exc!r}") from exc
 
     async def quarantine(self, body: bytes, reason: str, headers: Mapping[str, str]) -> None:
-        """Park an unacceptable message with its reason in ``x-jobtrail-reason``."""
+        """Park an unacceptable message with its reason in ``x-jobtrail-reason``.
+
+        Its ``message_id`` is the SHA-256 of the body: a message quarantined again after a
+        publish whose confirm never came (it may have landed) carries the same id as the first.
+        """
         try:
             await self._publish(
-                body, QUARANTINE_QUEUE, headers={**headers, REASON_HEADER: reason[:1000]}
+                body,
+                QUARANTINE_QUEUE,
+                headers={**headers, REASON_HEADER: reason[:1000]},
+                message_id=quarantine_id(body),
             )
         except BROKER_ERRORS as exc:
             raise PublishFailed(f"quarantine failed: {exc!r}") from exc

@@ -205,13 +205,19 @@ def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) ->
                 )
             except DeliveryAbandoned:
                 return  # handed back to the broker with the partition: not an error
-            except PublishFailed:
+            except PublishFailed as exc:
                 # A re-keyed copy (or a quarantined one) was not confirmed: the original is not
                 # acknowledged. Given back after a pause, so a broker in trouble does not spend
-                # the queue's delivery limit in a second of retries.
+                # the queue's delivery limit in a second of retries. The copy may have landed
+                # all the same: a repeat carries the same message id (docs/protocol.md).
+                log.warning(
+                    "not acknowledged, given back to the broker: %s",
+                    exc,
+                    extra={"partition": index, "body_sha256": rabbit.quarantine_id(message.body)},
+                )
                 await asyncio.sleep(PUBLISH_RETRY_PAUSE)
                 await acks.nack(message.raw)
-                raise
+                return
             except Exception:
                 await acks.nack(message.raw)
                 raise

@@ -163,6 +163,7 @@ class OutboxRelay:
         done: list[str] = []
         try:
             left = await asyncio.gather(*(self._publish_job(m, now, done) for m in jobs.values()))
+            _report_unconfirmed(left)
             await self._publish_one_by_one([m for rest in left for m in rest], now, done)
         finally:
             self._unmarked.update(done)
@@ -212,6 +213,7 @@ class OutboxRelay:
                 held_jobs.add(message.job_id)
                 streak.append((message, exc))
                 if len(streak) >= self.max_failures:
+                    _report_unconfirmed([[m] for m, _ in streak])
                     raise
                 continue
             self._park_all(streak, now)  # the broker takes others: those were refused
@@ -219,6 +221,7 @@ class OutboxRelay:
             self._parked.pop(message.event_id, None)
             done.append(message.event_id)
         if streak and not done:  # nothing at all went out in this pass
+            _report_unconfirmed([[m] for m, _ in streak])
             raise streak[-1][1]
         self._park_all(streak, now)
 
@@ -236,4 +239,19 @@ class OutboxRelay:
             message.job_id,
             delay,
             exc,
+        )
+
+
+def _report_unconfirmed(left: list[list[OutboxMessage]]) -> None:
+    """One line for the publishes of a pass whose confirm did not come.
+
+    Each may have landed all the same: published again, its copy carries the same message id
+    (the decision's event id), which is how a node recognises the repeat (docs/protocol.md).
+    """
+    failed = [rest[0].event_id for rest in left if rest]
+    if failed:
+        log.warning(
+            "outbox relay: %d publishes not confirmed; publishing them again",
+            len(failed),
+            extra={"event_ids": failed},
         )

@@ -102,12 +102,28 @@ class Quarantine:
     """Messages taken from ``jobtrail.quarantine``: body digest → reasons."""
 
     reasons: dict[str, list[str]] = field(default_factory=dict)
+    message_ids: dict[str, list[str | None]] = field(default_factory=dict)
 
     def take(self, rabbit_url: str) -> int:
         for message in drain(rabbit_url, QUARANTINE_QUEUE):
             reason = (message.headers or {}).get(REASON_HEADER)
             self.reasons.setdefault(digest(message.body), []).append(str(reason or ""))
+            self.message_ids.setdefault(digest(message.body), []).append(message.message_id)
         return sum(len(r) for r in self.reasons.values())
+
+
+def unconfirmed_quarantines(logs: str) -> Counter[str]:
+    """Body digest -> how many times the tracker logged a delivery given back because its
+    quarantined copy was not confirmed (the copy may have landed: a repeat is then expected)."""
+    given_back: Counter[str] = Counter()
+    for line in logs.splitlines():
+        if "given back to the broker" not in line or "quarantine failed" not in line:
+            continue
+        try:
+            given_back[str(json.loads(line)["body_sha256"])] += 1
+        except (ValueError, KeyError):
+            continue
+    return given_back
 
 
 @dataclass
@@ -132,7 +148,9 @@ def expected_outcome(case: Case) -> tuple[str | None, str | None]:
     return None, str(parsed.event_id)
 
 
-def account(sent: Sent, quarantine: Quarantine, census: Census) -> Outcomes:
+def account(
+    sent: Sent, quarantine: Quarantine, census: Census, unconfirmed: Counter[str]
+) -> Outcomes:
     """Match every hostile message to its fate: quarantined with the right reason, recorded once
     (flagged or not), or a duplicate stored once; anything else is a problem."""
     out = Outcomes()
@@ -166,6 +184,7 @@ def account(sent: Sent, quarantine: Quarantine, census: Census) -> Outcomes:
         if first.setdefault(event_id, content) != content:
             out.counts["conflicting_resends"] += 1  # same id, other content: the first one stays
         _account_recorded(out, case, event_id, census.copies[event_id], seen[event_id], flags)
+    _repeats_explained(out, parked, quarantine, {digest(c.body) for c in sent.hostile}, unconfirmed)
     leftovers = sum(len(r) for r in parked.values())
     out.counts["quarantined_unexpectedly"] = leftovers
     if leftovers:
@@ -203,3 +222,17 @@ def disturbed(valid: Stream, census: Census) -> list[str]:
         if state is None or state.anomalies or mine != ids:
             bad.add(job_id)
     return sorted(bad)
+
+
+def _repeats_explained(out: Outcomes, parked: dict[str, list[str]], quarantine: Quarantine,
+                       sent: set[str], unconfirmed: Counter[str]) -> None:  # fmt: skip
+    """Take out of ``parked`` the extra copies of a quarantined body that the tracker explains:
+    as many as it logged unconfirmed quarantines of that body, each carrying the body's SHA-256
+    as its message id (how a reader of the quarantine recognises a repeat)."""
+    for body, extra in parked.items():
+        ids = quarantine.message_ids.get(body, [])
+        if not extra or body not in sent or any(i != body for i in ids):
+            continue
+        explained = min(len(extra), unconfirmed[body])
+        out.counts["requarantined_after_an_unconfirmed_publish"] += explained
+        parked[body] = extra[explained:]

@@ -51,6 +51,7 @@ from tests.fuzz.conftest import (
     disturbed,
     expected_outcome,
     publish_mixed,
+    unconfirmed_quarantines,
 )
 from tests.fuzz.corpus import (
     Case,
@@ -221,7 +222,7 @@ def test_hostile_input_is_quarantined_or_flagged_and_disturbs_nothing(
         return parked.take(rabbit_url) >= rejected and partitions_idle(queue_depths(rabbit_url))
 
     census, counts = settle(tracker.env, valid.event_ids | accepted, drained, valid.unsettled)
-    outcomes = account(sent, parked, census)
+    outcomes = account(sent, parked, census, unconfirmed_quarantines(tracker.all_logs()))
     figures = Counter(outcomes.counts)
     figures.update(_figures(tracker, counts, valid, census, tag))
     figures.update(hand_written=len(corpus), generated=len(hostile) - len(corpus))

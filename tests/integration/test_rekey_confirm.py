@@ -10,6 +10,7 @@ original unacknowledged, delivered again until a re-key is confirmed, then recor
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import Counter
 from typing import Any
@@ -69,6 +70,29 @@ async def test_a_confirmed_rekey_puts_exactly_one_copy_in_the_partitions(
     body = _event("job-rekeyed")
     await publisher.rekey(body, "job.submitted", "job-rekeyed")
     assert await _in_partitions(rabbit_url) == 1
+
+
+async def test_a_body_quarantined_twice_carries_one_message_id_its_sha256(
+    rabbit_url: str, publisher: RabbitPublisher
+) -> None:
+    """Quarantine is at least once (a publish whose confirm never came is made again): each
+    copy of one body carries the same ``message_id``, the hex SHA-256 of the body."""
+    body, other = b'{"type": "submitted", ', b"\xff not utf-8"
+    for payload in (body, body, other):
+        await publisher.quarantine(payload, "invalid_json: cut short", {})
+    connection = await aio_pika.connect(rabbit_url)
+    try:
+        queue = await (await connection.channel()).get_queue(rabbit.QUARANTINE_QUEUE)
+        ids = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            ids.append((message.body, message.message_id))
+    finally:
+        await connection.close()
+    assert ids == [
+        (body, hashlib.sha256(body).hexdigest()),
+        (body, hashlib.sha256(body).hexdigest()),
+        (other, hashlib.sha256(other).hexdigest()),
+    ]
 
 
 async def test_an_unroutable_rekey_fails(rabbit_url: str, publisher: RabbitPublisher) -> None:
