@@ -43,7 +43,7 @@ async def _incoming(message: Any) -> Incoming:
     """Hand the body over undecoded: validation (and quarantine) is the service's job.
 
     Reading the header here, in the decoder, costs nothing; injecting the message into the
-    handler would cost a worker-thread round trip per message (see NOTES-stack.md).
+    handler would cost a worker-thread round trip per message.
     """
     headers = message.headers or {}
     body = bytes(message.body)
