@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from app.backoff import Backoff
 from app.domain.events import JobEvent, parse_event
 from app.ports import Publisher, StoreUnavailable, WriteRefused
 
@@ -128,7 +129,9 @@ class Batcher:
     max_size: int = 256
     max_wait: float = 0.01
     max_linger: float = 0.1
+    first_backoff: float = 0.1
     max_backoff: float = 5.0
+    """A batch that meets an outage is retried after ``first_backoff`` s, doubling to this."""
     stop_timeout: float = 2.0
     """How long ``stop`` waits for a cancelled batch to let go."""
     recorded: int = 0
@@ -221,15 +224,14 @@ class Batcher:
         return batch
 
     async def _record_until_done(self, batch: list[_Pending]) -> None:
-        delay = 0.1
+        waits = Backoff(self.first_backoff, self.max_backoff).waits()
         while True:
             try:
                 failed = await self._record_isolating(batch)
             except StoreUnavailable as exc:
                 self.health.degrade("batcher", f"store unavailable: {exc}")
-                log.warning("store unavailable, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+                log.warning("store unavailable, retrying in %.1fs: %s", waits.delay, exc)
+                await waits.wait()
                 continue
             self.health.recover("batcher")
             for pending in batch:
