@@ -15,8 +15,8 @@ from app.adapters.rabbit_acks import BatchAcks
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from app.bootstrap import Tracking
 from app.ports import PublishFailed, WriteRefused
+from app.services.batcher import DeliveryAbandoned
 from app.services.broker_signals import broker_dead_letter
-from app.services.ingest import DeliveryAbandoned
 from app.services.partitions import PartitionCoordinator
 
 log = logging.getLogger("jobtrail.worker")

@@ -18,7 +18,7 @@ from app.ports import (
     PublishFailed,
     StoreUnavailable,
 )
-from app.services.ingest import Health
+from app.services.health import Health
 from app.services.tracking import Tracker
 
 log = logging.getLogger("jobtrail.relay")

@@ -35,7 +35,9 @@ from typing import TypeVar
 
 from app.backoff import Backoff
 from app.ports import BarrierStore, Clock, PublishFailed, RingBroker, StoreUnavailable
-from app.services.ingest import Batcher, Health, Ingestor
+from app.services.batcher import Batcher
+from app.services.health import Health
+from app.services.ingest import Ingestor
 
 log = logging.getLogger("jobtrail.ring")
 
