@@ -110,11 +110,14 @@ def bench(
 
 
 def _check_writable(path: Path) -> None:
-    """Fail before measuring, not after, when a result file cannot be written."""
+    """Fail before measuring, not after, when a result file cannot be written (none is left)."""
+    existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a"):
             pass
+        if not existed:
+            path.unlink()
     except OSError as exc:
         fail(f"cannot write {path}: {exc.strerror or exc}", 2)
 
