@@ -6,7 +6,7 @@ SECANTUS := .venv-secantus
 # @asyncapi/parser for tests/e2e/test_asyncapi.py (npm; the test installs it too when missing).
 NODE_DIR := .node
 
-.PHONY: setup services browser serve test test-unit test-faults lint typecheck check bench clean
+.PHONY: setup services browser serve test test-unit test-faults lint typecheck check bench screenshots clean
 
 setup: $(VENV)/.installed $(SECANTUS)/.installed $(NODE_DIR)/.installed browser
 
@@ -61,8 +61,17 @@ typecheck: $(VENV)/.installed
 
 check: lint typecheck test
 
+# Measures, then appends this run's rows to docs/performance.md on purpose (`jobtrail bench`
+# itself writes only var/bench-results.json and var/bench-rows.md).
 bench: $(VENV)/.installed $(SECANTUS)/.installed services
-	$(BIN)/jobtrail bench --record
+	$(BIN)/jobtrail bench --markdown var/bench-rows.md
+	cat var/bench-rows.md >> docs/performance.md
+
+# Refreshes docs/dashboard.png (README, docs/operator.md) from the browser test's screenshot,
+# which the test leaves in test-artifacts/ (it never writes into docs/).
+screenshots: setup services
+	$(BIN)/pytest -q -p no:randomly tests/e2e/test_dashboard_browser.py
+	cp test-artifacts/dashboard.png docs/dashboard.png
 
 clean:
 	rm -rf $(VENV) $(SECANTUS) $(NODE_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage var

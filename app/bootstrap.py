@@ -21,7 +21,9 @@ from app.adapters.sql_schema import migrate
 from app.adapters.sql_store import SqlProjectionStore
 from app.domain.policy import Policy
 from app.ports import Clock, EventLog, Membership, ProjectionStore
-from app.services.ingest import Batcher, Health, Ingestor
+from app.services.batcher import Batcher
+from app.services.health import Health
+from app.services.ingest import Ingestor
 from app.services.partitions import PartitionCoordinator
 from app.services.relay import OutboxRelay, TimerLoop
 from app.services.ring import RingKeeper

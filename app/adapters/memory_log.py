@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.backoff import Backoff, full_jitter
 from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent, link_hash
 from app.domain.events import JobEvent, canonical_json, parse_event
 from app.ports import AppendOutcome, AppendStatus
 
 MAX_APPEND_TRIES = 100
 """How often an append re-reads the job's tip after losing a (job_id, seq) race."""
+CONFLICT_BACKOFF = Backoff(0.001, 0.05)
+"""Between those tries: a random pause up to 1 ms, doubling to 50 ms (``conflict_pause``)."""
 
 DEFAULT_PAGE_SIZE = 1000
 
@@ -192,7 +194,7 @@ def duplicate(event_id: str, job_id: str, seq: int) -> AppendOutcome:
 
 async def conflict_pause(attempt: int) -> None:
     """A short random sleep after a lost race, growing with ``attempt``, so writers spread out."""
-    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+    await asyncio.sleep(full_jitter(CONFLICT_BACKOFF.nth(attempt)))
 
 
 class InMemoryEventLog:

@@ -7,7 +7,10 @@ connection hands every unacknowledged delivery back to the queue in order and ac
 next consumer in one step (what a crash does; docs/architecture.md).
 
 Each subscription gets a fresh broker: FastStream caches channels and queue objects per broker,
-and a closed connection's would otherwise be reused.
+and a closed connection's would otherwise be reused. The connection to close is the one
+FastStream's public ``RabbitBroker.connect()`` returns (the broker's own, made once); anything
+but an aio-pika connection there fails the subscription loudly, never falling back to a
+cancel-first stop (tests/integration/test_faststream_connection.py pins that API).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from importlib.metadata import version
 
+from aio_pika.abc import AbstractConnection
 from faststream.rabbit import RabbitBroker
 from yarl import URL
 
@@ -37,7 +42,7 @@ class RabbitPartitionConsumers:
         self._url = url
         self._subscribe = subscribe
         self._name = name
-        self._brokers: dict[int, RabbitBroker] = {}
+        self._brokers: dict[int, tuple[RabbitBroker, AbstractConnection]] = {}
 
     def consuming(self) -> set[int]:
         return set(self._brokers)
@@ -51,12 +56,14 @@ class RabbitPartitionConsumers:
         url = URL(self._url).update_query(name=f"{self._name} partition {partition}")
         broker = RabbitBroker(str(url), logger=log, log_level=logging.DEBUG, apply_types=False)
         self._subscribe(broker, partition)
+        connection: AbstractConnection | None = None
         try:
+            connection = checked_connection(await broker.connect())  # start() reuses it
             await broker.start()
         except BaseException:
-            await _close(broker)
+            await _close(broker, connection)
             raise
-        self._brokers[partition] = broker
+        self._brokers[partition] = (broker, connection)
 
     async def release(self, partition: int) -> None:
         """Close ``partition``'s connection: its unacknowledged deliveries go back in order.
@@ -64,10 +71,10 @@ class RabbitPartitionConsumers:
         The partition counts as consumed until its connection is closed: a release cut short
         (cancelled, or timed out by the caller) leaves it to be released again.
         """
-        broker = self._brokers.get(partition)
-        if broker is not None:
-            await _close(broker)
-            if self._brokers.get(partition) is broker:
+        held = self._brokers.get(partition)
+        if held is not None:
+            await _close(*held)
+            if self._brokers.get(partition) is held:
                 del self._brokers[partition]
 
     async def close(self) -> None:
@@ -75,11 +82,22 @@ class RabbitPartitionConsumers:
             await self.release(partition)
 
 
-async def _close(broker: RabbitBroker) -> None:
+def checked_connection(connection: object) -> AbstractConnection:
+    """``connection`` if it is an aio-pika connection; else a clear error naming FastStream."""
+    if isinstance(connection, AbstractConnection):
+        return connection
+    raise RuntimeError(
+        f"FastStream {version('faststream')}: RabbitBroker.connect() returned "
+        f"{type(connection).__name__}, not an aio-pika connection; a partition cannot be handed "
+        "over without closing its connection (app/adapters/rabbit_partitions.py, written for "
+        "FastStream 0.7)"
+    )
+
+
+async def _close(broker: RabbitBroker, connection: AbstractConnection | None) -> None:
     # The connection first: FastStream's stop() would cancel the consumer before closing it.
     # Each step bounded: a broker that stops answering must not hold a hand-over or a stop up
     # (an unanswered close still drops the socket, which hands the deliveries back too).
-    connection = getattr(broker, "_connection", None)
     if connection is not None:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):

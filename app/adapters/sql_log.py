@@ -6,7 +6,6 @@ them has no side effects, so Alembic migrations can build on them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,9 +26,7 @@ from sqlalchemy import (
     event,
     func,
     select,
-    text,
     tuple_,
-    type_coerce,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
@@ -46,11 +43,11 @@ from app.adapters.memory_log import (
     decode_entry,
     duplicate,
     entry_fields,
-    raw_entry,
     truncate_ms,
 )
+from app.adapters.sql_entries import per_job, sqlite_checked, stored_entry
 from app.adapters.sql_errors import is_unique_violation, refusal_reason, refuses_data
-from app.domain.chain import GENESIS_HASH, MICROSECOND, RecordedEvent, StoredEvent
+from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
 from app.ports import AppendOutcome, LogUnavailable, WriteRefused
 
@@ -143,39 +140,8 @@ def _unavailable(action: str, exc: BaseException) -> LogUnavailable:
     return LogUnavailable(f"SQL event log: {action} failed: {type(exc).__name__}: {cause}")
 
 
-_SQLITE_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")
-"""How SQLAlchemy writes an instant into SQLite (UTC, no offset). SQLite compares this text, not
-the instant: another spelling of the same instant would sort elsewhere in time-range queries."""
-
-_CHECKED_SQLITE = tuple(
-    type_coerce(column, Text).label(column.name) if column.name.endswith("_at") else column
-    for column in _RAW
-)
-"""SQLite's raw read: its instants as the stored text, so verify can hold them to that form."""
-
-
-def _instant(value: object) -> object:
-    """A stored instant, aware UTC; text only in the form the log writes (else left as it is)."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, str) and _SQLITE_INSTANT.fullmatch(value):
-        try:
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
-        except ValueError:
-            return value
-    return value
-
-
 def _refused(what: str, exc: BaseException) -> WriteRefused:
     return WriteRefused(f"the SQL event log refused {what}: {refusal_reason(exc)}")
-
-
-def _stored(row: _AnyRow) -> StoredEvent:
-    """The entry as stored, every column of it: SQLite columns hold any type, so check them."""
-    fields = dict(row._mapping)
-    for name in ("occurred_at", "recorded_at"):
-        fields[name] = _instant(fields[name])
-    return raw_entry(fields, occurred_at_unit=MICROSECOND)
 
 
 class SqlEventLog:
@@ -187,7 +153,7 @@ class SqlEventLog:
         self._engine = _engine(async_url(url))
         self._page_size = page_size
         self._decoded = DecodedEntries()
-        self._checked = _CHECKED_SQLITE if self._engine.dialect.name == "sqlite" else _RAW
+        self._checked = sqlite_checked(_RAW) if self._engine.dialect.name == "sqlite" else _RAW
 
     async def ensure_schema(self) -> None:
         try:
@@ -282,7 +248,7 @@ class SqlEventLog:
         query = select(*_RAW).where(_c.job_id == job_id).order_by(_c.seq)
         if until is not None:
             query = query.where(_c.recorded_at <= until.astimezone(UTC))
-        return [decode_entry(_stored(row)) for row in await self._fetch(query, "read")]
+        return [decode_entry(stored_entry(row)) for row in await self._fetch(query, "read")]
 
     async def read_jobs(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
         found: dict[str, list[RecordedEvent]] = {job_id: [] for job_id in job_ids}
@@ -291,17 +257,17 @@ class SqlEventLog:
         for start in range(0, len(wanted), READ_JOBS_CHUNK):
             chunk = wanted[start : start + READ_JOBS_CHUNK]
             if self._engine.dialect.name == "postgresql":
-                rows = await self._fetch(_per_job(_RAW), "read", {"ids": list(chunk)})
+                rows = await self._fetch(per_job(_RAW), "read", {"ids": list(chunk)})
             else:
                 query = select(*_RAW).where(_c.job_id.in_(chunk)).order_by(_c.job_id, _c.seq)
                 rows = await self._fetch(query, "read")
             for row in rows:
-                found[row.job_id].append(self._decoded.decode(_stored(row)))
+                found[row.job_id].append(self._decoded.decode(stored_entry(row)))
         return found
 
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
         query = select(*self._checked).where(_c.job_id == job_id).order_by(_c.seq)
-        return [_stored(row) for row in await self._fetch(query, "read")]
+        return [stored_entry(row) for row in await self._fetch(query, "read")]
 
     async def scan_raw(self, after_job: str | None = None) -> AsyncIterator[StoredEvent]:
         query = select(*self._checked).order_by(_c.job_id, _c.seq).limit(self._page_size)
@@ -309,7 +275,7 @@ class SqlEventLog:
         page = await self._fetch(first, "scan")
         while page:
             for row in page:
-                yield _stored(row)
+                yield stored_entry(row)
             after = tuple_(_c.job_id, _c.seq) > tuple_(page[-1].job_id, page[-1].seq)
             page = await self._fetch(query.where(after), "scan")
 
@@ -334,7 +300,7 @@ class SqlEventLog:
         page = await self._fetch(query, "scan")
         while page:
             for row in page:
-                yield decode_entry(_stored(row))
+                yield decode_entry(stored_entry(row))
             last = page[-1]
             after = tuple_(_c.recorded_at, _c.job_id, _c.seq) > tuple_(
                 last.recorded_at, last.job_id, last.seq
@@ -365,21 +331,6 @@ class SqlEventLog:
             raise _unavailable(action, exc) from exc
 
 
-def _per_job(columns: Sequence[Any], *, last_only: bool = False) -> TextualSelect:
-    """PostgreSQL: each job's entries (or its last) through the (job_id, seq) index, one job at a
-    time. The ``IN`` form leaves the plan to the statistics, and on a table never analyzed (a
-    fresh log, autovacuum off) PostgreSQL reads the whole table for every batch."""
-    names = ", ".join(f"e.{column.name}" for column in columns)
-    order = "e.seq DESC LIMIT 1" if last_only else "e.seq"
-    sql = (  # column names from the table definition: no outside text
-        "SELECT t.* FROM unnest(CAST(:ids AS text[])) AS j(job_id) "  # noqa: S608
-        f"CROSS JOIN LATERAL (SELECT {names} FROM jobtrail_events AS e "
-        f'WHERE e.job_id = j.job_id COLLATE "C" ORDER BY {order}) AS t '
-        "ORDER BY t.job_id, t.seq"
-    )
-    return text(sql).columns(*columns)
-
-
 def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
     return [items[i : i + READ_JOBS_CHUNK] for i in range(0, len(items), READ_JOBS_CHUNK)]
 
@@ -397,7 +348,7 @@ async def _tips(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, tupl
     tips: dict[str, tuple[int, str]] = {}
     if conn.dialect.name == "postgresql":
         for chunk in _chunks(job_ids):
-            latest = _per_job((_c.job_id, _c.seq, _c.hash), last_only=True)
+            latest = per_job((_c.job_id, _c.seq, _c.hash), last_only=True)
             rows = await conn.execute(latest, {"ids": list(chunk)})
             tips |= {row.job_id: (row.seq, row.hash) for row in rows}
         return tips

@@ -194,7 +194,7 @@ async def timer_lag(
     """
     from app.adapters.clock import SystemClock
     from app.adapters.rabbit import RabbitPublisher
-    from app.services.ingest import Health
+    from app.services.health import Health
     from app.services.relay import OutboxRelay, TimerLoop
 
     await prepare_storage(settings)

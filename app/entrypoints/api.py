@@ -42,7 +42,7 @@ from app.entrypoints.dashboard import install_dashboard
 from app.entrypoints.metrics import Metrics, RequestTimer
 from app.ports import Clock, JobRow, StoreUnavailable
 from app.services import queries as use_cases
-from app.services.ingest import Health
+from app.services.health import Health
 from app.services.operations import ActionPublisher
 from app.services.queries import (
     DEFAULT_STATS_MINUTES,

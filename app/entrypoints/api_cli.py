@@ -28,7 +28,7 @@ from app.entrypoints.api_auth import Tokens, load_tokens
 from app.entrypoints.cli_common import JsonOpt, app, fail, load_settings, run
 from app.entrypoints.metrics import Metrics
 from app.ports import JobRow
-from app.services.ingest import Health
+from app.services.health import Health
 from app.services.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobFilter, JobPage, list_jobs
 from app.settings import Settings
 

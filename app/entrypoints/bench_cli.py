@@ -14,7 +14,6 @@ from app.bench.runner import BenchOptions, Figure, _num, markdown_rows, results_
 from app.entrypoints.cli_common import app, fail, load_settings
 
 DEFAULT_SECANTUS = Path(".venv-secantus/bin/secantusd-py")
-PERFORMANCE_DOC = Path("docs/performance.md")
 
 
 @app.command()
@@ -62,9 +61,13 @@ def bench(
     output: Annotated[
         Path, typer.Option("--json", help="Where to write the results as JSON.")
     ] = Path("var/bench-results.json"),
-    record: Annotated[
-        bool, typer.Option(help=f"Append a dated row per figure to {PERFORMANCE_DOC}.")
-    ] = False,
+    markdown: Annotated[
+        Path,
+        typer.Option(
+            help="Where to write a dated Markdown table row per figure (`make bench` appends "
+            "them to docs/performance.md).",
+        ),
+    ] = Path("var/bench-rows.md"),
     mongo: Annotated[
         bool, typer.Option(help="Also measure with SecantusDB as the log (started here).")
     ] = True,
@@ -77,6 +80,8 @@ def bench(
 ) -> None:
     """Measure ingestion against a bare aio-pika consumer, in the same run, on this machine."""
     settings = load_settings()
+    for path in (output, markdown):
+        _check_writable(path)
     secantus = DEFAULT_SECANTUS if mongo and DEFAULT_SECANTUS.exists() else None
     if mongo and secantus is None:
         fail(f"SecantusDB not found at {DEFAULT_SECANTUS}: run `make setup`, or pass --no-mongo", 2)
@@ -100,11 +105,21 @@ def bench(
     except (OSError, TimeoutError) as exc:
         fail(f"benchmark failed: {exc}", 3)
     Console().print(_table(figures))
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(results_json(figures, options))
-    if record:
-        with PERFORMANCE_DOC.open("a") as doc:
-            doc.write(markdown_rows(figures, options))
+    markdown.write_text(markdown_rows(figures, options))
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before measuring, not after, when a result file cannot be written (none is left)."""
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}", 2)
 
 
 def _table(figures: list[Figure]) -> Table:

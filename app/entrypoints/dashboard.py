@@ -24,7 +24,7 @@ from app.domain.state import JobStatus
 from app.entrypoints.api_auth import require_reader
 from app.entrypoints.api_edge import READ_ERRORS, EdgeRoute, answers, errors
 from app.entrypoints.api_models import DashboardDataOut
-from app.entrypoints.dashboard_page import SCRIPT, STYLE_ALL, page_html
+from app.entrypoints.dashboard_page import page_html, page_script, page_style
 from app.ports import JobRow
 from app.services.queries import JobFilter, JobQueries, list_jobs
 from app.settings import Settings
@@ -89,8 +89,8 @@ def _security_policy() -> str:
     return "; ".join(
         (
             "default-src 'none'",
-            f"script-src {_sha256(SCRIPT)}",
-            f"style-src {_sha256(STYLE_ALL)}",
+            f"script-src {_sha256(page_script())}",
+            f"style-src {_sha256(page_style())}",
             "connect-src 'self'",
             "img-src 'self' data:",
             "base-uri 'none'",

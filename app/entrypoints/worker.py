@@ -15,8 +15,8 @@ from app.adapters.rabbit_acks import BatchAcks
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from app.bootstrap import Tracking
 from app.ports import PublishFailed, WriteRefused
+from app.services.batcher import DeliveryAbandoned
 from app.services.broker_signals import broker_dead_letter
-from app.services.ingest import DeliveryAbandoned
 from app.services.partitions import PartitionCoordinator
 
 log = logging.getLogger("jobtrail.worker")
@@ -43,7 +43,7 @@ async def _incoming(message: Any) -> Incoming:
     """Hand the body over undecoded: validation (and quarantine) is the service's job.
 
     Reading the header here, in the decoder, costs nothing; injecting the message into the
-    handler would cost a worker-thread round trip per message (see NOTES-stack.md).
+    handler would cost a worker-thread round trip per message.
     """
     headers = message.headers or {}
     body = bytes(message.body)

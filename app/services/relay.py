@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from app.backoff import Backoff
 from app.ports import (
     Clock,
     OutboxMessage,
@@ -17,10 +18,15 @@ from app.ports import (
     PublishFailed,
     StoreUnavailable,
 )
-from app.services.ingest import Health
+from app.services.health import Health
 from app.services.tracking import Tracker
 
 log = logging.getLogger("jobtrail.relay")
+
+TIMER_RETRY = Backoff(1.0, 1.0)
+"""The timer loop's pause after a failed pass: a steady second (its passes are cheap)."""
+RELAY_RETRY = Backoff(0.2, 5.0)
+"""The relay's pause after a failed pass, doubling while the outage lasts."""
 
 
 @dataclass
@@ -39,19 +45,21 @@ class TimerLoop:
     """The shortest idle sleep (clock differences must not make the loop spin)."""
 
     async def run(self) -> None:
+        waits = TIMER_RETRY.waits()
         while True:
             try:
                 fired = await self.tracker.fire_due_timers()
                 pause = await self.idle_pause() if fired == 0 else 0.0
                 self.health.recover("timers")
+                waits.reset()
             except StoreUnavailable as exc:
                 self.health.degrade("timers", f"store unavailable: {exc}")
                 log.warning("timer loop: store unavailable: %s", exc)
-                await asyncio.sleep(1.0)
+                await waits.wait()
                 continue
             except Exception:  # a bug must not end the loop: log it, back off, go on
                 log.exception("timer loop failed; retrying")
-                await asyncio.sleep(1.0)
+                await waits.wait()
                 continue
             if pause:
                 await asyncio.sleep(pause)
@@ -111,24 +119,22 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        delay = 0.2
+        waits = RELAY_RETRY.waits()
         while True:
             try:
                 sent = await self.drain_once()
-                delay = 0.2
+                waits.reset()
                 if self.health is not None:
                     self.health.recover("relay")
             except (StoreUnavailable, PublishFailed) as exc:
                 if self.health is not None:
                     self.health.degrade("relay", f"{type(exc).__name__}: {exc}")
-                log.warning("outbox relay: retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("outbox relay: retrying in %.1fs: %s", waits.delay, exc)
+                await waits.wait()
                 continue
             except Exception:  # a bug must not end the relay: log it, back off, go on
-                log.exception("outbox relay failed; retrying in %.1fs", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.exception("outbox relay failed; retrying in %.1fs", waits.delay)
+                await waits.wait()
                 continue
             if sent == 0:
                 self._wake.clear()
@@ -230,8 +236,9 @@ class OutboxRelay:
             self._park(message, exc, now)
 
     def _park(self, message: OutboxMessage, exc: PublishFailed, now: datetime) -> None:
-        _, delay = self._parked.get(message.event_id, (now, self.park_initial / 2))
-        delay = min(delay * 2, self.park_max)
+        backoff = Backoff(self.park_initial, self.park_max)
+        earlier = self._parked.get(message.event_id)
+        delay = backoff.initial if earlier is None else backoff.after(earlier[1])
         self._parked[message.event_id] = (now + timedelta(seconds=delay), delay)
         log.warning(
             "outbox relay: %s for job %s refused, retrying in %.0fs: %s",

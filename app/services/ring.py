@@ -33,8 +33,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
+from app.backoff import Backoff
 from app.ports import BarrierStore, Clock, PublishFailed, RingBroker, StoreUnavailable
-from app.services.ingest import Batcher, Health, Ingestor
+from app.services.batcher import Batcher
+from app.services.health import Health
+from app.services.ingest import Ingestor
 
 log = logging.getLogger("jobtrail.ring")
 
@@ -74,8 +77,12 @@ class RingKeeper:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _retry(self) -> Backoff:
+        """After an outage: wait ``poll``, doubling up to ``max_backoff``."""
+        return Backoff(self.poll, self.max_backoff)
+
     async def _ensure(self) -> None:
-        delay = self.poll
+        waits = self._retry().waits()
         leading = False  # once the ring was missing, lead until the barrier is done
         while True:
             try:
@@ -89,11 +96,10 @@ class RingKeeper:
                 return
             except (PublishFailed, StoreUnavailable) as exc:
                 self._degrade(f"{type(exc).__name__}: {exc}")
-                log.warning("ring: cannot rebuild yet, retrying in %.1fs: %s", delay, exc)
+                log.warning("ring: cannot rebuild yet, retrying in %.1fs: %s", waits.delay, exc)
             except Exception:  # a bug must not leave the ring unbuilt: log, back off, go on
                 log.exception("ring: rebuilding failed; retrying")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
+            await waits.wait()
 
     async def _lead_once(self) -> bool:
         """Run the barrier if this tracker gets the leader lock; False if another holds it."""
@@ -188,15 +194,14 @@ class RingKeeper:
         self._leading.add_done_callback(_log_failure)
 
     async def _until_done(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        delay = self.poll
+        waits = self._retry().waits()
         while True:
             try:
                 result = await attempt()
             except StoreUnavailable as exc:
                 self._degrade(f"store unavailable: {exc}")
-                log.warning("ring: store unavailable, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+                log.warning("ring: store unavailable, retrying in %.1fs: %s", waits.delay, exc)
+                await waits.wait()
                 continue
             self._recover()
             return result

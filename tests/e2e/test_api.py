@@ -46,7 +46,7 @@ from app.entrypoints.api_auth import Role, Tokens, TokenSettings, load_tokens, r
 from app.entrypoints.cli import app as cli_app
 from app.entrypoints.metrics import OTHER, Metrics
 from app.ports import JobRow
-from app.services.ingest import Health
+from app.services.health import Health
 from app.services.tracking import Tracker
 from app.settings import Settings
 from tests import servers

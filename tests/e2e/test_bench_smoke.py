@@ -12,10 +12,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
-    output = tmp_path / "bench.json"
+    output, rows = tmp_path / "bench.json", tmp_path / "rows.md"
+    performance_doc = (ROOT / "docs" / "performance.md").read_bytes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
     result = subprocess.run(
-        [sys.executable, "-m", "app", "bench", "--smoke", "--json", str(output)],
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "bench",
+            "--smoke",
+            "--json",
+            str(output),
+            "--markdown",
+            str(rows),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -44,3 +55,6 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
     ratios = [f["ratio"] for f in report["figures"] if f["baseline"]]
     assert ratios and all(r > 0 for r in ratios)
     assert "jobtrail bench" in result.stdout  # the table
+    lines = rows.read_text().splitlines()
+    assert [line.split(" | ")[1] for line in lines] == names, "a Markdown row per figure"
+    assert (ROOT / "docs" / "performance.md").read_bytes() == performance_doc, "docs/ untouched"

@@ -39,6 +39,12 @@ def jobtrail(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedPr
         (("nope",), {}, 2, "jobtrail: No such command 'nope'."),
         (("verify", "--bogus"), {}, 2, "jobtrail: No such option: --bogus"),
         (
+            ("bench", "--smoke", "--markdown", "/proc/version/rows.md"),
+            {},
+            2,
+            "jobtrail: cannot write /proc/version/rows.md",
+        ),
+        (
             ("status", "j1"),
             {"JOBTRAIL_HTTP_PORT": "abc"},
             2,

@@ -19,7 +19,9 @@ from app.adapters.clock import SystemClock
 from app.adapters.memory_store import InMemoryMembership
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from app.entrypoints.worker import partition_queue
-from app.services.ingest import Batcher, DeliveryAbandoned, Health, Ingestor
+from app.services.batcher import Batcher, DeliveryAbandoned
+from app.services.health import Health
+from app.services.ingest import Ingestor
 from app.services.partitions import PartitionCoordinator
 from tests.integration.test_partition_handover import Consumer, _raw, _until
 from tests.unit.test_bounded_stops import LIVENESS, Hang, Store

@@ -18,7 +18,7 @@ from app.adapters.sql_schema import migrate
 from app.adapters.sql_store import SqlProjectionStore
 from app.domain.policy import Policy
 from app.ports import OutboxMessage
-from app.services.ingest import Health
+from app.services.health import Health
 from app.services.relay import OutboxRelay, TimerLoop
 from app.services.tracking import Tracker
 from tests.servers import _pg_exec

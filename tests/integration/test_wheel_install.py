@@ -7,6 +7,8 @@ migrate``, ``serve`` and ``status`` from a directory outside the checkout, with 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -16,13 +18,21 @@ import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests import servers
 from tests.e2e.harness import new_job_id, publish
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = (
+    "app/entrypoints/templates/dashboard.html",
+    "app/entrypoints/templates/dashboard.js",
+    "app/entrypoints/templates/dashboard.css",
+    "app/adapters/templates/report.html",
+)
 SUBMIT = {"job_type": "sync", "model": "m", "priority": "bulk", "tenant": "t", "pool": "p"}
 
 
@@ -43,6 +53,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     assert "app/migrations/env.py" in names, names
     assert any(n.startswith("app/migrations/versions/0001_") for n in names), names
+    for template in TEMPLATES:
+        assert template in names, names
     _run(sys.executable, "-m", "venv", work / "venv", cwd=work)
     bin_dir = work / "venv" / "bin"
     _run(bin_dir / "pip", "install", "-q", "-c", ROOT / "constraints.txt", wheel, cwd=work)
@@ -55,7 +67,7 @@ def _env(tmp_path: Path, rabbit_url: str) -> dict[str, str]:
         "JOBTRAIL_RABBIT_URL": rabbit_url,
         "JOBTRAIL_LOG_URL": f"sqlite+aiosqlite:///{tmp_path / 'log.db'}",
         "JOBTRAIL_SQL_URL": f"sqlite+aiosqlite:///{tmp_path / 'jobtrail.db'}",
-        "JOBTRAIL_HTTP_PORT": "0",
+        "JOBTRAIL_HTTP_PORT": str(servers.free_port()),
     }
 
 
@@ -91,10 +103,24 @@ def test_a_wheel_install_migrates_serves_and_answers_outside_the_checkout(
             return done.returncode == 0 and json.loads(done.stdout)["status"] == "queued"
 
         _wait(queued, serve, logfile)
+        _the_dashboard_page_is_served(env["JOBTRAIL_HTTP_PORT"])
+        report = tmp_path / "report.html"
+        _run(installed / "jobtrail", "analyze", "--html", report, cwd=tmp_path, env=env)
+        assert "Jobtrail failure report" in report.read_text()
     finally:
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(timeout=60)
     assert code == 0, logfile.read_text(errors="replace")[-3000:]
+
+
+def _the_dashboard_page_is_served(port: str) -> None:
+    """The page and its inline script come from the templates the wheel installed."""
+    answer = httpx.get(f"http://127.0.0.1:{port}/dashboard", timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert "<title>Jobtrail dashboard</title>" in answer.text
+    script = answer.text.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in answer.headers["content-security-policy"]
 
 
 def _wait(check: object, serve: subprocess.Popen[bytes], logfile: Path) -> None:

@@ -403,6 +403,20 @@ def test_the_html_report_is_self_contained(report: dict[str, Any]) -> None:
     assert "<b>x</b>" not in html_report(hostile) and "&lt;b&gt;x&lt;/b&gt;" in html_report(hostile)
 
 
+def test_producer_text_in_the_html_report_comes_out_escaped(report: dict[str, Any]) -> None:
+    hostile = json.loads(json.dumps(report))
+    evil = '<script>alert("x")</script>'
+    hostile["by"]["node"] = {evil: hostile["by"]["node"]["n1"]}
+    hostile["errors"] = {f"{evil}-code": next(iter(report["errors"].values()))}
+    hostile["dead_letter_reasons"] = {f"{evil}-reason": 1}
+    hostile["lease_expiries_by_job_type"] = {f"{evil}-type": 2}
+    page = html_report(hostile)
+    assert "<script" not in page
+    escaped = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"
+    for suffix in ("", "-code", "-reason", "-type"):
+        assert f"<title>{escaped}{suffix}</title>" in page
+
+
 async def test_the_reports_render_as_tables(
     report: dict[str, Any], stores: tuple[InMemoryEventLog, InMemoryProjectionStore]
 ) -> None:

@@ -17,7 +17,9 @@ import pytest
 from app.adapters.clock import SystemClock
 from app.adapters.memory_store import InMemoryMembership
 from app.domain.events import JobEvent
-from app.services.ingest import Batcher, DeliveryAbandoned, Health, Ingestor
+from app.services.batcher import Batcher, DeliveryAbandoned
+from app.services.health import Health
+from app.services.ingest import Ingestor
 from app.services.partitions import PartitionCoordinator, share
 from tests.unit.test_partitions import Consumers
 from tests.unit.test_ring_keeper import Publisher, Recorder, until

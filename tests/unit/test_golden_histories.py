@@ -4,7 +4,7 @@ Every ``tests/fixtures/histories/<name>.jsonl`` holds one job's log, one entry a
 fields plus ``seq`` and ``recorded_at``. ``<name>.expected.json`` beside it holds the state the log
 folds to. Events from ``source == "jobtrail"`` were decided under ``GOLDEN_POLICY``; re-deciding them
 must give the same events byte for byte. A change of meaning adds an event version and an upcaster;
-it never edits these files (STYLE §5). Anomalies are the fold's verdict, never stored: a changed
+it never edits these files. Anomalies are the fold's verdict, never stored: a changed
 anomaly rule (not an event's meaning) may change an ``expected.json``, never a ``.jsonl``, and its
 commit says why (lag stopped counting as ``clock_skew`` in noisy_ttl_expiry).
 """

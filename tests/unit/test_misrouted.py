@@ -8,7 +8,9 @@ import pytest
 
 from app.domain.events import Completed
 from app.entrypoints.metrics import Metrics
-from app.services.ingest import Batcher, Health, Ingestor
+from app.services.batcher import Batcher
+from app.services.health import Health
+from app.services.ingest import Ingestor
 from tests.unit.test_tracking_service import FakePublisher, FlakyRecorder, env
 
 

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from app.adapters.memory_store import InMemoryMembership
 from app.domain.events import JobEvent
 from app.ports import ProjectionUnavailable
-from app.services.ingest import Batcher, DeliveryAbandoned, Health, Ingestor
+from app.services.batcher import Batcher, DeliveryAbandoned
+from app.services.health import Health
+from app.services.ingest import Ingestor
 from app.services.partitions import PartitionCoordinator, share
 from tests.clock_fakes import ManualClock
 from tests.unit.test_ring_keeper import Publisher, Recorder, until

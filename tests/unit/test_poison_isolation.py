@@ -27,7 +27,9 @@ from app.ports import (
     TimerRow,
     WriteRefused,
 )
-from app.services.ingest import Batcher, Health, Ingestor
+from app.services.batcher import Batcher
+from app.services.health import Health
+from app.services.ingest import Ingestor
 from app.services.relay import OutboxRelay, TimerLoop
 from app.services.tracking import Tracker
 from tests.unit.test_tracking_service import (

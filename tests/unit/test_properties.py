@@ -1,8 +1,9 @@
 """Property tests of the pure core: a Hypothesis state machine of one job's life, and folds of noise.
 
 The machine plays the Cloud, the nodes, the broker and an operator (plausible and implausible
-events alike), lets time pass, and appends whatever ``decide`` returns, checking STYLE §5's
-invariants after every step and the replay guarantee at the end.
+events alike), lets time pass, and appends whatever ``decide`` returns, checking the invariants
+after every step (attempts within the budget, deadlines that agree with ``decide``, no republish
+before the cooldown ends, the state is the fold of the log) and the replay guarantee at the end.
 """
 
 from __future__ import annotations

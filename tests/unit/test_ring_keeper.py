@@ -11,7 +11,9 @@ import pytest
 from app.adapters.memory_store import InMemoryBarrierStore
 from app.domain.events import JobEvent, Reserved
 from app.ports import PublishFailed
-from app.services.ingest import Batcher, DeliveryAbandoned, Health, Ingestor
+from app.services.batcher import Batcher, DeliveryAbandoned
+from app.services.health import Health
+from app.services.ingest import Ingestor
 from app.services.ring import RingKeeper
 from tests.ring_fakes import MemoryRingBroker
 from tests.unit.test_tracking_service import FakeClock, env, submitted

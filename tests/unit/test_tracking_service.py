@@ -22,8 +22,10 @@ from app.ports import (
     PublishFailed,
     TimerRow,
 )
+from app.services.batcher import Batcher
 from app.services.broker_signals import broker_dead_letter
-from app.services.ingest import Batcher, Health, Ingestor, rejection_reason
+from app.services.health import Health
+from app.services.ingest import Ingestor, rejection_reason
 from app.services.projection import job_row
 from app.services.relay import OutboxRelay, TimerLoop
 from app.services.replay import replay_decisions
