@@ -149,6 +149,7 @@ async def serve_processes_ingest_rate(
         "JOBTRAIL_BATCH_SIZE": str(settings.batch_size),
         "JOBTRAIL_HTTP_PORT": "0",
         "JOBTRAIL_LOG_LEVEL": "INFO",
+        "JOBTRAIL_WORKERS": "1",  # one tracker per process: ``processes`` counts trackers
     }
     mine = events_table.c.type.in_(sorted({e.type for e in events}))
     c = events_table.c
