@@ -58,8 +58,8 @@ WorkersOpt = Annotated[
         min=1,
         max=MAX_WORKERS,
         show_default=False,
-        help="Tracker processes sharing the partitions, under one supervisor [default: "
-        "JOBTRAIL_WORKERS, else the machine's cores; 1 with SQLite, which takes one writer]",
+        help="Tracker processes sharing the partitions, under one supervisor (default: "
+        "JOBTRAIL_WORKERS, else the machine's cores; 1 with SQLite, which takes one writer).",
     ),
 ]
 
