@@ -158,8 +158,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(self._wake_r)
             os.close(self._wake_w)
-        if failure is not None:
-            log.error("jobtrail supervisor gave up", extra={"reason": failure})
+        if failure is not None:  # one line, after the workers' own lines that say why
             typer.echo(f"jobtrail: {failure}", err=True)
             return 1
         log.info("jobtrail workers stopped", extra={"clean": clean})
