@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     """Log entries one ``GET /fleet`` request scans at most (one job more); a cursor continues."""
     log_format: Literal["auto", "json", "plain"] = "auto"
     """``auto``: one plain line per record on a terminal, JSON lines otherwise."""
+    workers: int | None = Field(default=None, ge=1, le=256)
+    """Tracker processes ``jobtrail serve`` runs (``--workers``); unset: the machine's cores when
+    both stores take several writers, 1 with SQLite (one writer)."""
+    stop_grace_s: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds ``serve --workers N`` waits for its workers to stop before it kills them."""
 
     @field_validator("log_url")
     @classmethod

@@ -122,17 +122,7 @@ async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> l
         "events/s",
         baseline=baseline.name,
     )
-    served = [
-        Figure(
-            f"ingest, {n} `jobtrail serve` process{'es' if n > 1 else ''} sharing the "
-            "partitions, PostgreSQL (sustained)",
-            "events/s",
-            baseline=baseline.name,
-            target=0.5,
-        )
-        for n in sorted({1, options.trackers})
-        if options.trackers
-    ]
+    served = _served_figures(options, baseline.name)
     async with AsyncExitStack() as stack:
         secantus = None
         if options.secantus is not None:
@@ -151,14 +141,43 @@ async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> l
                     rate = await jobtrail_ingest_rate(settings, events)
                 figure.values.append(rate)
                 figure.ratios.append(rate / base)
-            for figure, processes in zip(served, sorted({1, options.trackers}), strict=False):
-                progress(f"run {run + 1}: {processes} serve process(es)")
+            for figure, processes, workers in served:
+                progress(f"run {run + 1}: {processes} serve process(es) of {workers} worker(s)")
                 async with _ingest_env(options, "postgres") as settings:
-                    rate = await serve_processes_ingest_rate(settings, events, processes)
+                    rate = await serve_processes_ingest_rate(
+                        settings, events, processes, workers=workers
+                    )
                 figure.values.append(rate)
                 figure.ratios.append(rate / base)
     offline = await _offline_figures(options, progress)
-    return [f for f in (baseline, pg, *served, mongo, *offline) if f.values]
+    figures = (baseline, pg, *(figure for figure, _, _ in served), mongo, *offline)
+    return [f for f in figures if f.values]
+
+
+def _served_figures(options: BenchOptions, baseline: str) -> list[tuple[Figure, int, int]]:
+    """The ``jobtrail serve`` figures with their processes and workers per process: 1 and
+    ``trackers`` processes of one tracker each, then one ``serve --workers <trackers>``."""
+    if not options.trackers:
+        return []
+    served = [
+        (
+            Figure(
+                f"ingest, {n} `jobtrail serve` process{'es' if n > 1 else ''} sharing the "
+                "partitions, PostgreSQL (sustained)",
+                "events/s",
+                baseline=baseline,
+                target=0.5,
+            ),
+            n,
+            1,
+        )
+        for n in sorted({1, options.trackers})
+    ]
+    if options.trackers > 1:
+        name = f"ingest, 1 `jobtrail serve --workers {options.trackers}` process, PostgreSQL"
+        supervised = Figure(f"{name} (sustained)", "events/s", baseline=baseline, target=0.6)
+        served.append((supervised, 1, options.trackers))
+    return served
 
 
 async def _offline_figures(options: BenchOptions, progress: Callable[[str], None]) -> list[Figure]:

@@ -128,12 +128,18 @@ async def _wait_for_depth(
 
 
 async def serve_processes_ingest_rate(
-    settings: Settings, events: Sequence[JobEvent], processes: int, limit: float = 600
+    settings: Settings,
+    events: Sequence[JobEvent],
+    processes: int,
+    limit: float = 600,
+    *,
+    workers: int = 1,
 ) -> float:
-    """Events/s of ``processes`` ``jobtrail serve`` processes sharing the partitions.
+    """Events/s of ``processes`` ``jobtrail serve --workers <workers>`` processes sharing the
+    partitions (``processes`` x ``workers`` trackers).
 
     The processes start together on the pre-published backlog. Timed from the moment every
-    one of them consumes its final share (their logs say so) to the last commit (the log's
+    tracker consumes its final share (their logs say so) to the last commit (the log's
     ``recorded_at``), counting the events committed in between: the sustained rate, without
     the start-up and the first hand-overs. If the backlog is nearly gone by then (a small
     run), from the first commit to the last instead.
@@ -149,6 +155,7 @@ async def serve_processes_ingest_rate(
         "JOBTRAIL_BATCH_SIZE": str(settings.batch_size),
         "JOBTRAIL_HTTP_PORT": "0",
         "JOBTRAIL_LOG_LEVEL": "INFO",
+        "JOBTRAIL_WORKERS": str(workers),
     }
     mine = events_table.c.type.in_(sorted({e.type for e in events}))
     c = events_table.c
@@ -185,7 +192,7 @@ async def serve_processes_ingest_rate(
                 if time.perf_counter() > deadline:
                     raise TimeoutError(f"only {count} of {len(events)} recorded")
                 await asyncio.sleep(0.2)
-            settled = _settled_at(logs, processes)
+            settled = _settled_at(logs, processes * workers)
             if settled is not None and first < settled < last:
                 async with engine.connect() as conn:
                     after = await conn.scalar(
@@ -199,17 +206,17 @@ async def serve_processes_ingest_rate(
     return float(count / max((last - first).total_seconds(), 0.001))
 
 
-def _settled_at(logs: Sequence[Path], processes: int) -> datetime | None:
-    """When the last of the processes logged that it consumes its share among all of them."""
-    marks = []
+def _settled_at(logs: Sequence[Path], trackers: int) -> datetime | None:
+    """When the last of the trackers logged that it consumes its share among all of them (a
+    process's workers share its log; their lines name the worker)."""
+    marks: dict[tuple[Path, object], datetime] = {}
     for path in logs:
         for line in path.read_text(errors="replace").splitlines():
-            if f"({processes} trackers live)" in line and '"partitions: consuming' in line:
-                marks.append(datetime.fromisoformat(json.loads(line)["at"]))
-                break
-        else:
-            return None
-    return max(marks)
+            if f"({trackers} trackers live)" in line and '"partitions: consuming' in line:
+                record = json.loads(line)
+                at = datetime.fromisoformat(record["at"])
+                marks.setdefault((path, record.get("worker")), at)
+    return max(marks.values()) if len(marks) == trackers else None
 
 
 async def _stop_all(procs: Sequence[asyncio.subprocess.Process], logs: Sequence[Path]) -> None:

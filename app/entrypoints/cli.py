@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -41,6 +42,7 @@ from app.entrypoints.cli_common import (
     with_readers,
 )
 from app.entrypoints.metrics import Metrics
+from app.entrypoints.supervisor import MAX_WORKERS, serve_with_workers
 from app.services.audit import job_row_as_of
 from app.services.projection import job_row
 from app.services.tracking import fold_history
@@ -49,17 +51,30 @@ from app.settings import Settings
 log = logging.getLogger("jobtrail")
 
 
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        max=MAX_WORKERS,
+        show_default=False,
+        help="Tracker processes sharing the partitions, under one supervisor (default: "
+        "JOBTRAIL_WORKERS, else the machine's cores; 1 with SQLite, which takes one writer).",
+    ),
+]
+
+
 @app.command()
-def serve() -> None:
+def serve(workers: WorkersOpt = None) -> None:
     """Run the tracker: migrations, subscribers, timers and the outbox relay, until SIGTERM."""
     settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)
-    run(lambda: _serve(settings))
+    serve_with_workers(settings, workers, prepare=_prepare_serve, serve=_serve)
 
 
-async def _serve(settings: Settings) -> int:
-    from app.entrypoints.worker import create_app
-
+async def _prepare_serve(settings: Settings) -> socket.socket:
+    """What runs once per ``serve`` (in the supervisor of ``--workers N``): the HTTP socket,
+    preflight and migrations; concurrent Alembic runs would race."""
     if not settings.uses_mongo:
         kind = "SQLite" if settings.log_url.startswith("sqlite") else "SQL"
         log.warning(
@@ -71,6 +86,15 @@ async def _serve(settings: Settings) -> int:
     sock = listen(settings.http_host, settings.http_port)  # a taken port fails before anything runs
     await doctor_cli.refuse_to_start(settings)
     await prepare_storage(settings)
+    return sock
+
+
+async def _serve(settings: Settings, sock: socket.socket | None = None) -> int:
+    """One tracker until SIGTERM; a worker of ``--workers N`` gets the supervisor's ``sock``."""
+    from app.entrypoints.worker import create_app
+
+    if sock is None:
+        sock = await _prepare_serve(settings)
     tracking = build_tracking(settings)
     metrics = Metrics()
     metrics.watch(tracking)

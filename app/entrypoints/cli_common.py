@@ -6,7 +6,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -23,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+T = TypeVar("T")
 # Typer vendors click; its UsageError is public only as the base class of typer.BadParameter.
 USAGE_ERROR: type[Any] = typer.BadParameter.__bases__[0]
 
@@ -68,15 +69,20 @@ def load_settings() -> Settings:
         fail(f"invalid setting JOBTRAIL_{str(first['loc'][0]).upper()}: {message}", 2)
 
 
-def run(work: Callable[[], Coroutine[Any, Any, int]]) -> None:
-    """Run a command's coroutine; turn expected failures into one line and an exit code."""
+def run_returning(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine and return its result; expected failures become one line and an exit
+    code (``typer.Exit``)."""
     try:
-        code = asyncio.run(work())
+        return asyncio.run(work())
     except (StoreUnavailable, PublishFailed) as exc:
         fail(str(exc) or exc.__class__.__name__, 3)
     except ValueError as exc:
         fail(str(exc), 2)
-    raise typer.Exit(code)
+
+
+def run(work: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    """Run a command's coroutine; turn expected failures into one line and an exit code."""
+    raise typer.Exit(run_returning(work))
 
 
 async def with_readers(settings: Settings, work: Callable[[Readers], Awaitable[int]]) -> int:

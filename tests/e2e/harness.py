@@ -100,6 +100,7 @@ def tracker_env(rabbit_url: str, log_url: str, sql_url: str, workdir: Path) -> d
         "JOBTRAIL_POLICY_FILE": str(policy),
         "JOBTRAIL_TIMER_INTERVAL_MS": "100",
         "JOBTRAIL_HTTP_PORT": "0",
+        "JOBTRAIL_WORKERS": "1",  # one tracker per process, as these tests count them
         "PYTHONPATH": str(ROOT),
     }
     return env

@@ -42,6 +42,7 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
     assert any(n.startswith("ingest end to end, SecantusDB") for n in names)
     assert any(n.startswith("ingest, 1 `jobtrail serve` process ") for n in names)
     assert any(n.startswith("ingest, 2 `jobtrail serve` processes ") for n in names)
+    assert any(n.startswith("ingest, 1 `jobtrail serve --workers 2` process") for n in names)
     assert any(n.startswith("rebuild") for n in names)
     assert any(n.startswith("GET /jobs/{id} p99") for n in names)
     assert any(n.startswith("lease-expiry detection lag") for n in names)
