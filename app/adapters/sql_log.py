@@ -7,7 +7,7 @@ them has no side effects, so Alembic migrations can build on them.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     event,
     func,
+    or_,
     select,
     text,
     tuple_,
@@ -57,6 +58,8 @@ from app.ports import AppendOutcome, LogUnavailable, WriteRefused
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 PG_CONNECT_TIMEOUT_SECONDS = 10
 READ_JOBS_CHUNK = 1000
+READ_FROM_CHUNK = 250
+"""Jobs per read of ``read_jobs_from``: SQLite nests its OR terms, at most 1000 deep."""
 
 # Byte order ("C") on PostgreSQL, so (job_id, seq) scans sort as on SQLite, MongoDB and in Python.
 _JobId = String(200).with_variant(String(200, collation="C"), "postgresql")
@@ -299,6 +302,22 @@ class SqlEventLog:
                 found[row.job_id].append(self._decoded.decode(_stored(row)))
         return found
 
+    async def read_jobs_from(self, starts: Mapping[str, int]) -> dict[str, list[RecordedEvent]]:
+        found: dict[str, list[RecordedEvent]] = {job_id: [] for job_id in starts}
+        wanted = list(starts.items())
+        for begin in range(0, len(wanted), READ_FROM_CHUNK):
+            chunk = wanted[begin : begin + READ_FROM_CHUNK]
+            if self._engine.dialect.name == "postgresql":
+                params = {"ids": [job for job, _ in chunk], "seqs": [seq for _, seq in chunk]}
+                rows = await self._fetch(_per_job_from(_RAW), "read", params)
+            else:
+                since = or_(*(and_(_c.job_id == job, _c.seq >= seq) for job, seq in chunk))
+                query = select(*_RAW).where(since).order_by(_c.job_id, _c.seq)
+                rows = await self._fetch(query, "read")
+            for row in rows:
+                found[row.job_id].append(self._decoded.decode(_stored(row)))
+        return found
+
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
         query = select(*self._checked).where(_c.job_id == job_id).order_by(_c.seq)
         return [_stored(row) for row in await self._fetch(query, "read")]
@@ -375,6 +394,20 @@ def _per_job(columns: Sequence[Any], *, last_only: bool = False) -> TextualSelec
         "SELECT t.* FROM unnest(CAST(:ids AS text[])) AS j(job_id) "  # noqa: S608
         f"CROSS JOIN LATERAL (SELECT {names} FROM jobtrail_events AS e "
         f'WHERE e.job_id = j.job_id COLLATE "C" ORDER BY {order}) AS t '
+        "ORDER BY t.job_id, t.seq"
+    )
+    return text(sql).columns(*columns)
+
+
+def _per_job_from(columns: Sequence[Any]) -> TextualSelect:
+    """PostgreSQL: each job's entries from its own first seq on, through the (job_id, seq) index
+    (as ``_per_job``)."""
+    names = ", ".join(f"e.{column.name}" for column in columns)
+    sql = (  # column names from the table definition: no outside text
+        "SELECT t.* FROM unnest(CAST(:ids AS text[]), CAST(:seqs AS integer[])) "  # noqa: S608
+        "AS j(job_id, seq) "
+        f"CROSS JOIN LATERAL (SELECT {names} FROM jobtrail_events AS e "
+        f'WHERE e.job_id = j.job_id COLLATE "C" AND e.seq >= j.seq ORDER BY e.seq) AS t '
         "ORDER BY t.job_id, t.seq"
     )
     return text(sql).columns(*columns)
