@@ -193,17 +193,29 @@ class TimerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """What a tracker folded of a job up to entry ``seq``, whose stored hash was ``hash``
+    (``body``: text the tracking service writes and reads, the store keeps it as it is)."""
+
+    seq: int
+    hash: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectionUpdate:
     """Everything one job contributes to one projection transaction.
 
-    ``timer`` None removes the job's timer. The update is skipped whole when the stored job row
-    already has a ``last_seq`` at least as new as ``job.last_seq``.
+    ``timer`` None removes the job's timer; ``snapshot`` is stored with the job row (None
+    clears it). The update is skipped whole when the stored job row already has a
+    ``last_seq`` at least as new as ``job.last_seq``.
     """
 
     job: JobRow
     attempts: Sequence[AttemptRow] = ()
     outbox: Sequence[OutboxMessage] = ()
     timer: TimerRow | None = None
+    snapshot: JobSnapshot | None = None
 
 
 class ProjectionStore(Protocol):
@@ -221,6 +233,10 @@ class ProjectionStore(Protocol):
 
     async def projected_seqs(self, job_ids: Sequence[str]) -> dict[str, int]:
         """``last_seq`` of each known job among ``job_ids``."""
+        ...
+
+    async def snapshots(self, job_ids: Sequence[str]) -> dict[str, JobSnapshot]:
+        """The stored snapshot of each job among ``job_ids`` that has one."""
         ...
 
     def all_jobs(self) -> AsyncIterator[JobRow]:
