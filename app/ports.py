@@ -6,7 +6,6 @@ Driver exceptions never cross a port: adapters translate them into the errors be
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -14,6 +13,11 @@ from typing import Protocol
 
 from app.domain.chain import RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
+from app.ring_ports import BarrierStore as BarrierStore
+from app.ring_ports import Membership as Membership
+from app.ring_ports import PartitionConsumers as PartitionConsumers
+from app.ring_ports import RingBroker as RingBroker
+from app.ring_ports import Unrouted as Unrouted
 
 
 class StoreUnavailable(Exception):
@@ -88,6 +92,11 @@ class EventLog(Protocol):
 
     async def read_jobs(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
         """Several jobs' events in seq order, in one round trip; every id is a key (maybe [])."""
+        ...
+
+    async def read_jobs_from(self, starts: Mapping[str, int]) -> dict[str, list[RecordedEvent]]:
+        """Each job's events from seq ``starts[job_id]`` on (that entry included, so its hash
+        can be compared), in seq order, in one round trip; every id is a key (maybe [])."""
         ...
 
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
@@ -184,17 +193,29 @@ class TimerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """What a tracker folded of a job up to entry ``seq``, whose stored hash was ``hash``
+    (``body``: text the tracking service writes and reads, the store keeps it as it is)."""
+
+    seq: int
+    hash: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectionUpdate:
     """Everything one job contributes to one projection transaction.
 
-    ``timer`` None removes the job's timer. The update is skipped whole when the stored job row
-    already has a ``last_seq`` at least as new as ``job.last_seq``.
+    ``timer`` None removes the job's timer; ``snapshot`` is stored with the job row (None
+    clears it). The update is skipped whole when the stored job row already has a
+    ``last_seq`` at least as new as ``job.last_seq``.
     """
 
     job: JobRow
     attempts: Sequence[AttemptRow] = ()
     outbox: Sequence[OutboxMessage] = ()
     timer: TimerRow | None = None
+    snapshot: JobSnapshot | None = None
 
 
 class ProjectionStore(Protocol):
@@ -212,6 +233,10 @@ class ProjectionStore(Protocol):
 
     async def projected_seqs(self, job_ids: Sequence[str]) -> dict[str, int]:
         """``last_seq`` of each known job among ``job_ids``."""
+        ...
+
+    async def snapshots(self, job_ids: Sequence[str]) -> dict[str, JobSnapshot]:
+        """The stored snapshot of each job among ``job_ids`` that has one."""
         ...
 
     def all_jobs(self) -> AsyncIterator[JobRow]:
@@ -275,68 +300,6 @@ class ProjectionStore(Protocol):
     async def close(self) -> None: ...
 
 
-class BarrierStore(Protocol):
-    """The state of the partition ring's barriers (see app/services/ring.py), shared by trackers."""
-
-    async def begin_barrier(self, now: datetime) -> str:
-        """The oldest ring barrier not yet opened, or a new one: its epoch (see services/ring)."""
-        ...
-
-    async def barrier_arrive(self, epoch: str, partition: int, now: datetime) -> None:
-        """Record that ``partition`` reached the marker of ``epoch`` (idempotent)."""
-        ...
-
-    async def barrier_arrivals(self, epoch: str) -> set[int]:
-        """The partitions that reached the marker of ``epoch``."""
-        ...
-
-    async def barrier_opened(self, epoch: str) -> bool:
-        """Whether ``epoch`` was opened; an epoch this store never saw counts as opened."""
-        ...
-
-    async def open_barrier(self, epoch: str, now: datetime) -> None:
-        """Open ``epoch``: partitions paused at its marker go on (idempotent)."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class Membership(Protocol):
-    """Which trackers of a deployment are alive, by heartbeat on a store they all share.
-
-    Time is the store's own clock, so trackers on machines with skewed clocks agree.
-    """
-
-    async def beat(self, member: str, ttl: float) -> list[str]:
-        """Record ``member`` alive for ``ttl`` more seconds; the live members, sorted."""
-        ...
-
-    async def leave(self, member: str) -> None:
-        """Forget ``member`` now (a clean stop: its partitions move without waiting)."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class PartitionConsumers(Protocol):
-    """Starts and stops consuming partition queues (one broker connection each)."""
-
-    async def consume(self, partition: int) -> None:
-        """Subscribe to ``partition``: active at once, or when its current consumer goes."""
-        ...
-
-    async def release(self, partition: int) -> None:
-        """Stop consuming ``partition``, handing its unacknowledged deliveries back in order.
-
-        The caller first made sure nothing before them is left unrecorded.
-        """
-        ...
-
-    def consuming(self) -> set[int]:
-        """The partitions subscribed to now."""
-        ...
-
-
 class Publisher(Protocol):
     """Publishes to RabbitMQ with publisher confirms; raises PublishFailed when unconfirmed."""
 
@@ -346,50 +309,4 @@ class Publisher(Protocol):
 
     async def rekey(self, body: bytes, routing_key: str, job_id: str) -> None:
         """Publish an event again with its job-id header (it came without one)."""
-        ...
-
-
-@dataclass(frozen=True)
-class Unrouted:
-    """A message RabbitMQ could not route to a partition (no ring yet), taken off its queue."""
-
-    body: bytes
-    keyed: bool
-    tag: int
-
-
-class RingBroker(Protocol):
-    """The broker side of the partition ring's barrier (see app/services/ring.py).
-
-    Every method raises PublishFailed when the broker cannot be reached.
-    """
-
-    async def ring_exists(self) -> bool: ...
-
-    def leadership(self) -> AbstractAsyncContextManager[bool]:
-        """Hold the broker-wide leader lock for the block if no one else does (yields whether)."""
-        ...
-
-    async def place_markers(self, epoch: str) -> None:
-        """Append a marker of ``epoch`` to every partition queue, confirmed."""
-        ...
-
-    async def build_ring(self) -> None:
-        """Build the ring afresh (same order, same routing) and feed it from the events exchange."""
-        ...
-
-    async def take_unrouted(self, limit: int) -> list[Unrouted]:
-        """The next (up to ``limit``) messages of the unrouted queue, oldest first, unacknowledged.
-
-        A batch may come short; an empty one means the queue is drained. Acknowledge as you go:
-        an adapter may deliver only so many unacknowledged messages.
-        """
-        ...
-
-    async def ack_unrouted(self, messages: Sequence[Unrouted]) -> None:
-        """Acknowledge ``messages`` (taken in this leadership, all of them so far).
-
-        What was taken and not acknowledged when the leadership ends goes back to the queue,
-        in order, for the next leader.
-        """
         ...

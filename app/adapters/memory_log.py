@@ -243,6 +243,12 @@ class InMemoryEventLog:
     async def read_jobs(self, job_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
         return {job_id: await self.read_job(job_id) for job_id in job_ids}
 
+    async def read_jobs_from(self, starts: Mapping[str, int]) -> dict[str, list[RecordedEvent]]:
+        return {
+            job_id: [decode_entry(e) for e in self._jobs.get(job_id, []) if e.seq >= start]
+            for job_id, start in starts.items()
+        }
+
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
         return list(self._jobs.get(job_id, []))
 

@@ -9,7 +9,7 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from app.ports import AttemptRow, JobRow, OutboxMessage, ProjectionUpdate, TimerRow
+from app.ports import AttemptRow, JobRow, JobSnapshot, OutboxMessage, ProjectionUpdate, TimerRow
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _Row = TypeVar("_Row", JobRow, AttemptRow, OutboxMessage, TimerRow)
@@ -59,6 +59,7 @@ class InMemoryProjectionStore:
 
     def __init__(self) -> None:
         self._jobs: dict[str, JobRow] = {}
+        self._snapshots: dict[str, JobSnapshot] = {}
         self._attempts: dict[str, dict[int, AttemptRow]] = {}
         self._outbox: dict[str, OutboxMessage] = {}
         self._published: dict[str, datetime] = {}
@@ -87,6 +88,10 @@ class InMemoryProjectionStore:
         if stored is not None and stored.last_seq >= update.job.last_seq:
             return
         self._jobs[job_id] = _utc(update.job)
+        if update.snapshot is None:
+            self._snapshots.pop(job_id, None)
+        else:
+            self._snapshots[job_id] = update.snapshot
         job_attempts = self._attempts.setdefault(job_id, {})
         job_attempts.update((a.attempt, _utc(a)) for a in update.attempts)
         for message in update.outbox:
@@ -111,6 +116,10 @@ class InMemoryProjectionStore:
     async def projected_seqs(self, job_ids: Sequence[str]) -> dict[str, int]:
         """``last_seq`` of each known job among ``job_ids``."""
         return {j: self._jobs[j].last_seq for j in job_ids if j in self._jobs}
+
+    async def snapshots(self, job_ids: Sequence[str]) -> dict[str, JobSnapshot]:
+        """The stored snapshot of each job among ``job_ids`` that has one."""
+        return {j: self._snapshots[j] for j in job_ids if j in self._snapshots}
 
     async def all_jobs(self) -> AsyncIterator[JobRow]:
         """Every job row ordered by job_id (jobs added meanwhile may or may not appear)."""

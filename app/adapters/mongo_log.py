@@ -252,6 +252,14 @@ class MongoEventLog:
                 found[entry.job_id].append(self._decoded.decode(entry))
         return found
 
+    async def read_jobs_from(self, starts: Mapping[str, int]) -> dict[str, list[RecordedEvent]]:
+        found: dict[str, list[RecordedEvent]] = {job_id: [] for job_id in starts}
+        if found:
+            wanted = [{"job_id": job_id, "seq": {"$gte": seq}} for job_id, seq in starts.items()]
+            for entry in await self._find({"$or": wanted}):
+                found[entry.job_id].append(self._decoded.decode(entry))
+        return found
+
     async def read_job_raw(self, job_id: str) -> list[StoredEvent]:
         return await self._find({"job_id": job_id}, projection=_WHOLE)
 

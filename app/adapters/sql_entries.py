@@ -65,3 +65,17 @@ def per_job(columns: Sequence[Any], *, last_only: bool = False) -> TextualSelect
         "ORDER BY t.job_id, t.seq"
     )
     return text(sql).columns(*columns)
+
+
+def per_job_from(columns: Sequence[Any]) -> TextualSelect:
+    """PostgreSQL: each job's entries from its own first seq on, through the (job_id, seq) index
+    (as ``per_job``)."""
+    names = ", ".join(f"e.{column.name}" for column in columns)
+    sql = (  # column names from the table definition: no outside text
+        "SELECT t.* FROM unnest(CAST(:ids AS text[]), CAST(:seqs AS integer[])) "  # noqa: S608
+        "AS j(job_id, seq) "
+        f"CROSS JOIN LATERAL (SELECT {names} FROM jobtrail_events AS e "
+        f'WHERE e.job_id = j.job_id COLLATE "C" AND e.seq >= j.seq ORDER BY e.seq) AS t '
+        "ORDER BY t.job_id, t.seq"
+    )
+    return text(sql).columns(*columns)

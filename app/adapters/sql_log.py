@@ -6,7 +6,7 @@ them has no side effects, so Alembic migrations can build on them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy import (
     and_,
     event,
     func,
+    or_,
     select,
     tuple_,
 )
@@ -45,7 +46,7 @@ from app.adapters.memory_log import (
     entry_fields,
     truncate_ms,
 )
-from app.adapters.sql_entries import per_job, sqlite_checked, stored_entry
+from app.adapters.sql_entries import per_job, per_job_from, sqlite_checked, stored_entry
 from app.adapters.sql_errors import is_unique_violation, refusal_reason, refuses_data
 from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
@@ -54,6 +55,8 @@ from app.ports import AppendOutcome, LogUnavailable, WriteRefused
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 PG_CONNECT_TIMEOUT_SECONDS = 10
 READ_JOBS_CHUNK = 1000
+READ_FROM_CHUNK = 250
+"""Jobs per read of ``read_jobs_from``: SQLite nests its OR terms, at most 1000 deep."""
 
 # Byte order ("C") on PostgreSQL, so (job_id, seq) scans sort as on SQLite, MongoDB and in Python.
 _JobId = String(200).with_variant(String(200, collation="C"), "postgresql")
@@ -260,6 +263,22 @@ class SqlEventLog:
                 rows = await self._fetch(per_job(_RAW), "read", {"ids": list(chunk)})
             else:
                 query = select(*_RAW).where(_c.job_id.in_(chunk)).order_by(_c.job_id, _c.seq)
+                rows = await self._fetch(query, "read")
+            for row in rows:
+                found[row.job_id].append(self._decoded.decode(stored_entry(row)))
+        return found
+
+    async def read_jobs_from(self, starts: Mapping[str, int]) -> dict[str, list[RecordedEvent]]:
+        found: dict[str, list[RecordedEvent]] = {job_id: [] for job_id in starts}
+        wanted = list(starts.items())
+        for begin in range(0, len(wanted), READ_FROM_CHUNK):
+            chunk = wanted[begin : begin + READ_FROM_CHUNK]
+            if self._engine.dialect.name == "postgresql":
+                params = {"ids": [job for job, _ in chunk], "seqs": [seq for _, seq in chunk]}
+                rows = await self._fetch(per_job_from(_RAW), "read", params)
+            else:
+                since = or_(*(and_(_c.job_id == job, _c.seq >= seq) for job, seq in chunk))
+                query = select(*_RAW).where(since).order_by(_c.job_id, _c.seq)
                 rows = await self._fetch(query, "read")
             for row in rows:
                 found[row.job_id].append(self._decoded.decode(stored_entry(row)))

@@ -107,6 +107,11 @@ jobs = Table(
     Column("last_seq", Integer, nullable=False),
     _at("submitted_at"),
     _at("updated_at"),
+    # The tracker's snapshot of the job (0007): its fold up to entry snapshot_seq, whose stored
+    # hash was snapshot_hash; written with the row, read back only by the tracker.
+    Column("snapshot", Text, nullable=True),
+    Column("snapshot_seq", Integer, nullable=True),
+    Column("snapshot_hash", String(64), nullable=True),
     # A filtered page walks (filter, updated_at, job_id) in order: no sort, no scan (0002).
     *(Index(f"ix_jobs_{c}_page", c, "updated_at", "job_id") for c in LIST_FILTERS),
     Index("ix_jobs_page", "updated_at", "job_id"),

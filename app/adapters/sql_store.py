@@ -28,9 +28,11 @@ from app.adapters.sql_models import (
     timers,
 )
 from app.adapters.sql_schema import EngineHolder
+from app.adapters.sql_snapshots import read_snapshots, snapshot_values
 from app.ports import (
     AttemptRow,
     JobRow,
+    JobSnapshot,
     OutboxMessage,
     ProjectionUnavailable,
     ProjectionUpdate,
@@ -88,6 +90,7 @@ class _Merged:
     attempts: dict[int, AttemptRow] = field(default_factory=dict)
     outbox: dict[str, OutboxMessage] = field(default_factory=dict)
     timer: TimerRow | None = None
+    snapshot: JobSnapshot | None = None
 
 
 def _merge_updates(
@@ -103,7 +106,7 @@ def _merge_updates(
             continue
         if current is None:
             current = merged[job_id] = _Merged(item.job)
-        current.job, current.timer = item.job, item.timer
+        current.job, current.timer, current.snapshot = item.job, item.timer, item.snapshot
         current.attempts.update((a.attempt, a) for a in item.attempts)
         for message in item.outbox:
             current.outbox.setdefault(message.event_id, message)
@@ -151,7 +154,7 @@ class SqlProjectionStore(EngineHolder):
             async with self._writer.begin() as conn:
                 stored = await self._lock_seqs(conn, sorted({u.job.job_id for u in updates}))
                 merged = _merge_updates(updates, stored)
-                won = await self._upsert_jobs(conn, [merged[j].job for j in sorted(merged)])
+                won = await self._upsert_jobs(conn, [merged[j] for j in sorted(merged)])
                 winners = [merged[job_id] for job_id in sorted(won)]
                 await self._upsert_attempts(conn, winners)
                 await self._insert_outbox(conn, winners, now)
@@ -172,8 +175,8 @@ class SqlProjectionStore(EngineHolder):
             seqs.update((row.job_id, row.last_seq) for row in await conn.execute(query))
         return seqs
 
-    async def _upsert_jobs(self, conn: AsyncConnection, rows: Sequence[JobRow]) -> set[str]:
-        """Upsert the job rows; return the ids actually written (a racing newer row wins)."""
+    async def _upsert_jobs(self, conn: AsyncConnection, rows: Sequence[_Merged]) -> set[str]:
+        """Upsert the job rows (and snapshots); return the ids written (a racing newer row wins)."""
         if not rows:
             return set()
         statement = _upsert(conn, jobs)
@@ -183,7 +186,8 @@ class SqlProjectionStore(EngineHolder):
             where=jobs.c.last_seq < statement.excluded.last_seq,
         ).returning(jobs.c.job_id)
         names = [c.name for c in _JOB_COLUMNS]
-        result = await conn.execute(statement, [_values(row, names) for row in rows])
+        values = [_values(row.job, names) | snapshot_values(row.snapshot) for row in rows]
+        result = await conn.execute(statement, values)
         return set(result.scalars())
 
     async def _upsert_attempts(self, conn: AsyncConnection, winners: Sequence[_Merged]) -> None:
@@ -261,6 +265,15 @@ class SqlProjectionStore(EngineHolder):
                     query = select(jobs.c.job_id, jobs.c.last_seq).where(jobs.c.job_id.in_(chunk))
                     seqs.update((row.job_id, row.last_seq) for row in await conn.execute(query))
         return seqs
+
+    async def snapshots(self, job_ids: Sequence[str]) -> dict[str, JobSnapshot]:
+        """The stored snapshot of each job among ``job_ids`` that has one."""
+        found: dict[str, JobSnapshot] = {}
+        with _driver_errors("reading snapshots"):
+            async with self._engine.connect() as conn:
+                for chunk in _chunks(sorted(set(job_ids))):
+                    found |= await read_snapshots(conn, chunk)
+        return found
 
     async def all_jobs(self) -> AsyncIterator[JobRow]:
         """Every job row ordered by job_id, one keyset page (one short read) at a time."""

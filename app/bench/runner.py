@@ -13,6 +13,7 @@ from pathlib import Path
 
 from app.adapters.log_factory import open_event_log
 from app.bench.databases import mongo_database, scratch_postgres, secantus_server
+from app.bench.long_history import HISTORY_JOBS, long_history_rates
 from app.bench.offline import (
     fill_log,
     fill_log_in_slices,
@@ -56,6 +57,10 @@ class BenchOptions:
     """Measure memory once over a log of its own of this many events (0: the rebuild log)."""
     trackers: int = 2
     """Also measure ingestion by 1 and by this many ``jobtrail serve`` processes (0: skip)."""
+    history_events: int = 10_000
+    """Events each job of the long-history scenario holds before it is measured (0: skip)."""
+    history_count: int = 2_000
+    """Events ingested for the long-history jobs, and for new jobs as its baseline."""
 
 
 @dataclass
@@ -150,7 +155,8 @@ async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> l
                 figure.values.append(rate)
                 figure.ratios.append(rate / base)
     offline = await _offline_figures(options, progress)
-    figures = (baseline, pg, *(figure for figure, _, _ in served), mongo, *offline)
+    history = await _history_figures(options, progress) if options.history_events else []
+    figures = (baseline, pg, *(figure for figure, _, _ in served), mongo, *offline, *history)
     return [f for f in figures if f.values]
 
 
@@ -178,6 +184,35 @@ def _served_figures(options: BenchOptions, baseline: str) -> list[tuple[Figure, 
         supervised = Figure(f"{name} (sustained)", "events/s", baseline=baseline, target=0.6)
         served.append((supervised, 1, options.trackers))
     return served
+
+
+async def _history_figures(options: BenchOptions, progress: Callable[[str], None]) -> list[Figure]:
+    """Events for jobs that hold a long history, against as many events for new jobs."""
+    fresh = Figure(
+        f"ingest, {options.history_count:,} events of {HISTORY_JOBS} new jobs, PostgreSQL",
+        "events/s",
+    )
+    old = Figure(
+        f"ingest, {options.history_count:,} heartbeats of {HISTORY_JOBS} jobs holding "
+        f"{options.history_events:,} events each, PostgreSQL",
+        "events/s",
+        baseline=fresh.name,
+        target=0.8,
+    )
+    rabbit = (options.rabbit_url, options.rabbit_api)
+    for run in range(options.runs):
+        new_rate, old_rate = await long_history_rates(
+            rabbit,
+            options.pg_admin_url,
+            options.history_events,
+            options.history_count,
+            run,
+            progress,
+        )
+        fresh.values.append(new_rate)
+        old.values.append(old_rate)
+        old.ratios.append(old_rate / new_rate)
+    return [fresh, old]
 
 
 async def _offline_figures(options: BenchOptions, progress: Callable[[str], None]) -> list[Figure]:

@@ -55,6 +55,23 @@ def bench(
             "sharing the partitions (0: skip).",
         ),
     ] = 2,
+    history_events: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=1_000_000,
+            help="Events each of the long-history scenario's 20 jobs holds before its events "
+            "are measured (0: skip the scenario).",
+        ),
+    ] = 10_000,
+    history_count: Annotated[
+        int,
+        typer.Option(
+            min=40,
+            max=1_000_000,
+            help="Events ingested in the long-history scenario (and for new jobs, its baseline).",
+        ),
+    ] = 2_000,
     smoke: Annotated[
         bool, typer.Option(help="A quick check that the benchmark works (300 events, 1 run).")
     ] = False,
@@ -98,6 +115,8 @@ def bench(
         read_jobs=0 if smoke else read_jobs,
         memory_events=0 if smoke else memory_events,
         trackers=trackers,
+        history_events=min(history_events, 50) if smoke else history_events,
+        history_count=100 if smoke else history_count,
     )
     console = Console(stderr=True)
     try:

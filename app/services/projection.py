@@ -1,7 +1,10 @@
 """Turning a job's folded state and history into projection rows, outbox messages and a timer.
 
 Pure: the same state and history always give the same rows, which is what lets ``rebuild``
-prove that the projection equals the fold of the log.
+prove that the projection equals the fold of the log. A tracker projects from a snapshot and
+the events after it: the attempts the snapshot carries (``AttemptsSoFar``) stand for the
+events before it, and the rows it upserts are those the new events changed, so the stored rows
+come out as a projection of the whole history would make them.
 """
 
 from __future__ import annotations
@@ -74,12 +77,50 @@ class _Attempt:
     error_code: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptsSoFar:
+    """The attempts a job's events started up to some seq: those still open (a later event can
+    change their row) and the numbers of those that ended (no later event changes them)."""
+
+    open: tuple[AttemptRow, ...] = ()
+    ended: tuple[int, ...] = ()
+
+
 def attempt_rows(job_id: str, events: Sequence[RecordedEvent]) -> list[AttemptRow]:
     """One row per attempt that a submission or republish started."""
-    attempts: dict[int, _Attempt] = {}
+    return advance_attempts(job_id, AttemptsSoFar(), events)[0]
+
+
+def advance_attempts(
+    job_id: str, before: AttemptsSoFar, events: Sequence[RecordedEvent]
+) -> tuple[list[AttemptRow], AttemptsSoFar]:
+    """The rows of the attempts ``events`` (the ones after ``before``) touch, by attempt, and
+    the attempts after them. An ended attempt's events change nothing, so they are skipped."""
+    ended = set(before.ended)
+    attempts = {row.attempt: _open(row) for row in before.open}
+    touched: set[int] = set()
     for recorded in events:
-        _fold_attempt(attempts, recorded)
-    return [AttemptRow(job_id, n, **vars(a)) for n, a in sorted(attempts.items())]
+        if recorded.event.attempt not in ended:
+            touched.add(recorded.event.attempt)
+            _fold_attempt(attempts, recorded)
+    rows = {n: AttemptRow(job_id, n, **vars(a)) for n, a in attempts.items()}
+    after = AttemptsSoFar(
+        open=tuple(row for n, row in sorted(rows.items()) if row.outcome is None),
+        ended=tuple(sorted(ended | {n for n, row in rows.items() if row.outcome is not None})),
+    )
+    return [rows[n] for n in sorted(touched & rows.keys())], after
+
+
+def _open(row: AttemptRow) -> _Attempt:
+    return _Attempt(
+        pool=row.pool,
+        queue=row.queue,
+        node_id=row.node_id,
+        reserved_at=row.reserved_at,
+        ended_at=row.ended_at,
+        outcome=row.outcome,
+        error_code=row.error_code,
+    )
 
 
 def _fold_attempt(attempts: dict[int, _Attempt], recorded: RecordedEvent) -> None:
@@ -147,18 +188,33 @@ def outbox_messages(
 def projection_update(
     state: JobState, events: Sequence[RecordedEvent], projected_seq: int, policy: Policy
 ) -> ProjectionUpdate:
-    """Everything one job contributes to a projection transaction."""
+    """Everything one job contributes to a projection transaction, from its whole history."""
+    return settled_update(state, AttemptsSoFar(), events, projected_seq, policy)[0]
+
+
+def settled_update(
+    state: JobState,
+    before: AttemptsSoFar,
+    events: Sequence[RecordedEvent],
+    projected_seq: int,
+    policy: Policy,
+) -> tuple[ProjectionUpdate, AttemptsSoFar]:
+    """The update of a job whose ``events`` came after the attempts ``before`` (all of them, for
+    a whole history), and its attempts after them. ``before`` must not be newer than the
+    stored rows (``projected_seq``): the update upserts only the attempt rows ``events`` touch."""
     row = job_row(state, policy)
     timer = None
     if row.next_deadline_at is not None and row.deadline_kind is not None:
         timer = TimerRow(state.job_id, row.next_deadline_at, row.deadline_kind)
     new_events = [e for e in events if e.seq > projected_seq]
-    return ProjectionUpdate(
+    attempts, after = advance_attempts(state.job_id, before, events)
+    update = ProjectionUpdate(
         job=row,
-        attempts=attempt_rows(state.job_id, events),
+        attempts=attempts,
         outbox=outbox_messages(state, new_events, policy),
         timer=timer,
     )
+    return update, after
 
 
 def without_outbox(update: ProjectionUpdate) -> ProjectionUpdate:

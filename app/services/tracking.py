@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from app.domain.chain import RecordedEvent
@@ -25,10 +25,12 @@ from app.ports import (
     Clock,
     EventLog,
     ProjectionStore,
+    ProjectionUpdate,
     StoreUnavailable,
     WriteRefused,
 )
-from app.services.projection import projection_update
+from app.services.projection import settled_update
+from app.services.snapshots import FoldCounts, Folded, JobFold, encode, fold_jobs
 
 MAX_DECISIONS_PER_SETTLE = 8
 TIMER_CLAIM = timedelta(seconds=10)
@@ -53,6 +55,8 @@ class Tracker:
     """Called after each committed batch with the events newly appended (not duplicates)."""
     on_timer_lag: Callable[[float], None] | None = None
     """Called with how late (seconds) the earliest due timer fired."""
+    folds: FoldCounts = field(default_factory=FoldCounts)
+    """Where settles started their folds (a snapshot, or a whole history) and what they folded."""
 
     async def record(self, events: Sequence[JobEvent]) -> list[AppendOutcome]:
         """Append events (idempotently), then settle and project every job they touch."""
@@ -71,18 +75,18 @@ class Tracker:
     async def settle(self, job_ids: Sequence[str], now: datetime | None = None) -> None:
         """Bring each job's decisions and projection up to date with its log, in one commit.
 
-        One read of all the jobs' histories, one append of all decisions per round, one
-        projection transaction: a batch costs a handful of round trips, not a few per job.
+        One read of the jobs' snapshots and one of their entries since, one append of all
+        decisions per round, one projection transaction: a batch costs a handful of round
+        trips, not a few per job, and each job the events after its snapshot, not its history.
         """
         now = now or self.clock.now()
-        histories = {j: h for j, h in (await self.log.read_jobs(job_ids)).items() if h}
-        states = {j: self._fold(h) for j, h in histories.items()}
-        await self._decide_all(histories, states, now)
-        seqs = await self.store.projected_seqs(list(states))
+        jobs = await fold_jobs(self.log, self.store, job_ids, self.policy, self.folds)
+        await self._decide_all(jobs, now)
+        seqs = await self.store.projected_seqs(list(jobs))
         updates = [
-            projection_update(state, histories[job_id], seqs.get(job_id, 0), self.policy)
-            for job_id, state in states.items()
-            if state.last_seq > seqs.get(job_id, 0)
+            self._update(job, seqs.get(job_id, 0))
+            for job_id, job in jobs.items()
+            if job.state.last_seq > seqs.get(job_id, 0)
         ]
         if updates:
             await self.store.apply(updates)
@@ -120,28 +124,33 @@ class Tracker:
             await self._settle_isolating(job_ids[:half], now)
             await self._settle_isolating(job_ids[half:], now)
 
-    async def _decide_all(
-        self,
-        histories: dict[str, list[RecordedEvent]],
-        states: dict[str, JobState],
-        now: datetime,
-    ) -> None:
-        """Record what ``decide`` says for every job, until no job has anything more to decide."""
-        pending = list(states)
+    async def _decide_all(self, jobs: dict[str, JobFold], now: datetime) -> None:
+        """Record what ``decide`` says for every job, until no job has anything more to decide.
+
+        Each round reads back only the entries after each decided job's state.
+        """
+        pending = list(jobs)
         for _ in range(MAX_DECISIONS_PER_SETTLE):
-            decided = {j: d for j in pending if (d := decide(states[j], now, self.policy))}
+            decided = {j: d for j in pending if (d := decide(jobs[j].state, now, self.policy))}
             if not decided:
                 return
             await self.log.append_many([e for events in decided.values() for e in events], now)
-            fresh = await self.log.read_jobs(list(decided))
+            fresh = await self.log.read_jobs_from(
+                {job_id: jobs[job_id].state.last_seq + 1 for job_id in decided}
+            )
             for job_id, events in decided.items():
-                histories[job_id] = fresh[job_id]
-                states[job_id] = self._fold(fresh[job_id])
-                self._announce(events, states[job_id])
+                jobs[job_id].extend(fresh[job_id], self.policy)
+                self.folds.events += len(fresh[job_id])
+                self._announce(events, jobs[job_id].state)
             pending = list(decided)
 
-    def _fold(self, events: Sequence[RecordedEvent]) -> JobState:
-        return fold_history(events, self.policy)
+    def _update(self, job: JobFold, projected_seq: int) -> ProjectionUpdate:
+        """The job's projection update, with its snapshot at its last entry."""
+        update, attempts = settled_update(
+            job.state, job.before, job.events, projected_seq, self.policy
+        )
+        snapshot = encode(Folded(job.state, attempts), job.tip_hash, self.policy)
+        return replace(update, snapshot=snapshot)
 
     def _announce(self, decided: Iterable[JobEvent], state: JobState) -> None:
         for event in decided:

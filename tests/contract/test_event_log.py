@@ -144,6 +144,27 @@ class EventLogContract:
         assert jobs == {job: await log.read_job(job) for job in ("job-b", "job-unknown", "job-a")}
         assert await log.read_jobs([]) == {}
 
+    async def test_read_jobs_from_reads_each_job_from_its_own_seq(self, log: EventLog) -> None:
+        await log.append_many([heartbeat("job-a", n) for n in range(6)], T0)
+        await log.append_many([heartbeat("job-b", n) for n in range(3)], T0)
+        whole = await log.read_jobs(["job-a", "job-b"])
+        starts = {"job-b": 1, "job-a": 4, "job-unknown": 1, "job-beyond": 9}
+        found = await log.read_jobs_from(starts)
+        assert list(found) == list(starts)
+        assert found["job-a"] == whole["job-a"][3:]  # entry 4 itself, with its stored hash
+        assert [e.seq for e in found["job-a"]] == [4, 5, 6]
+        assert found["job-b"] == whole["job-b"]
+        assert found["job-unknown"] == found["job-beyond"] == []
+        assert (await log.read_jobs_from({"job-a": 7}))["job-a"] == []  # past the tip
+        assert await log.read_jobs_from({}) == {}
+
+    async def test_read_jobs_from_reads_many_jobs_in_one_call(self, log: EventLog) -> None:
+        jobs = [f"job-{n:04d}" for n in range(600)]  # more than one chunk of every adapter
+        await log.append_many([heartbeat(job, n) for n in range(2) for job in jobs], T0)
+        found = await log.read_jobs_from({job: 1 + n % 3 for n, job in enumerate(jobs)})
+        assert [len(found[job]) for job in jobs] == [(2, 1, 0)[n % 3] for n in range(600)]
+        assert all(e.job_id == job for job in jobs for e in found[job])
+
     async def test_duplicate_changes_nothing_reports_stored_seq(self, log: EventLog) -> None:
         first = submitted("job-1")
         await log.append(first, T0)

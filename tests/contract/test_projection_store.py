@@ -17,6 +17,7 @@ from app.adapters.sql_store import SqlProjectionStore
 from app.ports import (
     AttemptRow,
     JobRow,
+    JobSnapshot,
     OutboxMessage,
     ProjectionStore,
     ProjectionUnavailable,
@@ -184,6 +185,21 @@ class ProjectionStoreContract:
             attempt("job-1", 4),
         ]
         assert await store.projected_seqs(["job-1"]) == {"job-1": 2}
+
+    async def test_a_snapshot_is_kept_with_its_job_row(self, store: Store) -> None:
+        snapshot = JobSnapshot(2, "a" * 64, '{"state": "ünïcode ✓", "n": [1.5, null]}')
+        newer = JobSnapshot(3, "b" * 64, "{}")
+        await store.apply([ProjectionUpdate(job=job(last_seq=2), snapshot=snapshot)])
+        await store.apply([ProjectionUpdate(job=job("job-2", last_seq=1))])
+        assert await store.snapshots(["job-1", "job-2", "nope"]) == {"job-1": snapshot}
+        stale = ProjectionUpdate(job=job(last_seq=2), snapshot=newer)  # skipped whole
+        await store.apply([stale])
+        assert await store.snapshots(["job-1"]) == {"job-1": snapshot}
+        await store.apply([ProjectionUpdate(job=job(last_seq=3), snapshot=newer)])
+        assert await store.snapshots(["job-1"]) == {"job-1": newer}
+        await store.apply([ProjectionUpdate(job=job(last_seq=4))])  # a row without one clears it
+        assert await store.snapshots(["job-1", "job-2"]) == {}
+        assert await store.snapshots([]) == {}
 
     async def test_outbox_body_and_headers_round_trip(self, store: Store) -> None:
         sent = message("ev-1", created_at=T0.astimezone(PLUS_TWO))
