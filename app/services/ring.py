@@ -20,8 +20,9 @@ exchange, the ``jobtrail.unrouted`` queue. The tracker that holds the leader loc
    epoch: the partitions go on.
 
 A leader that dies mid-way leaves the epoch unopened; a paused partition's tracker takes the lock
-after ``takeover_after`` seconds and runs the same steps again for the same epoch (every step is
-idempotent, and a marker of an opened epoch is passed straight through).
+once ``takeover_after`` seconds passed on its clock (however many polls that took) and runs the
+same steps again for the same epoch (every step is idempotent, and a marker of an opened epoch is
+passed straight through).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class RingKeeper:
     partitions: int
     poll: float = 0.1
     takeover_after: float = 10.0
+    """Seconds on ``clock`` a paused partition waits for its barrier before leading it itself."""
     max_backoff: float = 5.0
     health: Health | None = None
     """Told when the ring keeper meets an outage and when it gets past it."""
@@ -173,12 +175,13 @@ class RingKeeper:
         await self._until_done(
             lambda: self.store.barrier_arrive(epoch, partition, self.clock.now())
         )
-        waited = 0.0
+        # Elapsed time on the keeper's clock, not a count of polls: a slow store or a busy
+        # loop stretches every poll, and the take-over must still come ``takeover_after`` on.
+        since = self.clock.now()
         while not await self._until_done(opened):
             await asyncio.sleep(self.poll)
-            waited += self.poll
-            if waited >= self.takeover_after:
-                waited = 0.0
+            if (self.clock.now() - since).total_seconds() >= self.takeover_after:
+                since = self.clock.now()
                 self._try_takeover(epoch)
 
     def _try_takeover(self, epoch: str) -> None:

@@ -15,6 +15,7 @@ from app.services.batcher import Batcher, DeliveryAbandoned
 from app.services.health import Health
 from app.services.ingest import Ingestor
 from app.services.ring import RingKeeper
+from tests.clock_fakes import ManualClock
 from tests.ring_fakes import MemoryRingBroker
 from tests.unit.test_tracking_service import FakeClock, env, submitted
 
@@ -52,17 +53,31 @@ class Publisher:
         self.rekeyed.append(job_id)
 
 
+class PollCountingStore(InMemoryBarrierStore):
+    """Counts the keeper's polls of ``barrier_opened``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls = 0
+
+    async def barrier_opened(self, epoch: str) -> bool:
+        self.polls += 1
+        return await super().barrier_opened(epoch)
+
+
 class Rig:
     def __init__(self, partitions: int = 2, **keeper: float) -> None:
         self.recorder = Recorder()
         self.batcher = Batcher(self.recorder, Health(), max_wait=0.001)
         self.publisher = Publisher()
         self.ingestor = Ingestor(self.batcher, self.publisher)
-        self.store = InMemoryBarrierStore()
+        self.store = PollCountingStore()
         self.broker = MemoryRingBroker(partitions)
+        self.clock = ManualClock()
+        keeper.setdefault("poll", 0.005)
         self.keeper = RingKeeper(
-            self.store, self.broker, self.ingestor, self.batcher, FakeClock(), partitions,
-            poll=0.005, **keeper,
+            self.store, self.broker, self.ingestor, self.batcher, self.clock, partitions,
+            **keeper,
         )  # fmt: skip
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -194,18 +209,32 @@ async def test_a_marker_of_an_opened_barrier_passes_straight_through(rig: Rig) -
     assert not rig.ingestor.paused(0)
 
 
+async def _left_by_a_dead_leader(rig: Rig) -> str:
+    """The dead leader opened an epoch, placed its markers and built the ring, then died."""
+    async with rig.broker.leadership():
+        epoch = await rig.store.begin_barrier(rig.clock.now())
+        await rig.broker.place_markers(epoch)
+        await rig.broker.build_ring()
+    return epoch
+
+
+async def _arrived(rig: Rig, epoch: str) -> None:
+    """Both partitions reported their marker (each then waits, from this clock time on)."""
+    async with asyncio.timeout(5):
+        while await rig.store.barrier_arrivals(epoch) != {0, 1}:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
 async def test_a_paused_partition_takes_over_a_barrier_whose_leader_died() -> None:
     rig = Rig(takeover_after=0.05)
     rig.batcher.start()
-    # The dead leader opened an epoch, placed its markers and built the ring, then died.
-    async with rig.broker.leadership():
-        epoch = await rig.store.begin_barrier(FakeClock().now())
-        await rig.broker.place_markers(epoch)
-        await rig.broker.build_ring()
+    epoch = await _left_by_a_dead_leader(rig)
     rig.broker.unrouted = [(body(reserved("late")), True)]
     rig.deliver(0, body(submitted("late")))
     rig.deliver(0, epoch)
     rig.deliver(1, epoch)
+    await _arrived(rig, epoch)
+    await rig.clock.advance(0.05)
     await rig.settle()
     assert await rig.store.barrier_opened(epoch)
     assert rig.recorder.recorded == [("late", "submitted"), ("late", "reserved")]
@@ -214,6 +243,38 @@ async def test_a_paused_partition_takes_over_a_barrier_whose_leader_died() -> No
     assert rig.broker.markers == [[epoch, epoch], [epoch, epoch]]
     rig.deliver(0, epoch)
     await rig.settle()
+
+
+async def test_the_take_over_comes_on_the_clock_however_many_polls_ran() -> None:
+    """1,000 polls of 1 ms are not 0.5 s: only the keeper's clock says when the leader is late
+    (counting polls, a slow store or a busy loop stretched the take-over; here, with the clock
+    standing still, the poll count would take over early)."""
+    rig = Rig(takeover_after=0.5, poll=0.001)
+    rig.batcher.start()
+    epoch = await _left_by_a_dead_leader(rig)
+    rig.deliver(0, epoch)
+    rig.deliver(1, epoch)
+    await _arrived(rig, epoch)
+
+    def taken_over() -> bool:
+        return rig.keeper._leading is not None or rig.broker.markers != [[epoch], [epoch]]
+
+    async def polls(count: int) -> None:
+        start = rig.store.polls
+        await until(lambda: rig.store.polls >= start + count or taken_over())
+
+    # 2,000 polls over the two waiting partitions: each counted 0.5 s of 1 ms polls twice over
+    # (the poll count took over at 500), while the clock stood still.
+    await polls(2000)
+    assert not taken_over() and not await rig.store.barrier_opened(epoch)
+    await rig.clock.advance(0.499)
+    await polls(100)
+    assert not taken_over(), "0.499 s on the clock: not yet"
+    await rig.clock.advance(0.001)
+    await rig.settle()  # both partitions pass the barrier
+    assert await rig.store.barrier_opened(epoch) and rig.keeper.barriers == 1
+    assert rig.broker.markers == [[epoch, epoch], [epoch, epoch]], "one take-over, not two"
+    assert not rig.ingestor.paused(0) and not rig.ingestor.paused(1)
 
 
 async def test_a_barrier_that_fails_midway_is_led_again_by_the_same_tracker(rig: Rig) -> None:
