@@ -16,10 +16,10 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
@@ -146,6 +146,15 @@ def rabbit_vhost() -> Iterator[str]:
 def active_consumers(amqp_url: str) -> dict[str, list[str]]:
     """Per queue of ``amqp_url``'s virtual host, the names its consuming connections gave
     themselves, active consumers only (management API; it lists consumers after a short delay)."""
+    return _consumers(amqp_url, active=True)
+
+
+def waiting_consumers(amqp_url: str) -> dict[str, list[str]]:
+    """As ``active_consumers``, the consumers a single-active-consumer queue keeps waiting."""
+    return _consumers(amqp_url, active=False)
+
+
+def _consumers(amqp_url: str, *, active: bool) -> dict[str, list[str]]:
     vhost = amqp_url.rsplit("/", 1)[1]
     with httpx.Client(base_url=RABBIT_API, auth=RABBIT_API_AUTH, timeout=10) as api:
         names = {
@@ -157,7 +166,29 @@ def active_consumers(amqp_url: str) -> dict[str, list[str]]:
             details = consumer.get("channel_details")
             if not isinstance(details, dict):  # its channel is closing: listed with no details
                 continue
-            if consumer.get("active", True):
+            if consumer.get("active", True) is active:
                 peer = details["connection_name"]
                 found.setdefault(consumer["queue"]["name"], []).append(names.get(peer, peer))
     return found
+
+
+def queue_depths(rabbit_url: str) -> dict[str, tuple[int, int]]:
+    """Queue name → (ready, unacknowledged), live from the queues (``rabbitmqctl``, read-only).
+
+    The management API's figures are samples up to seconds old; these are not.
+    """
+    vhost = unquote(rabbit_url.rsplit("/", 1)[1]) or "/"
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", "-p", vhost, "list_queues", "--no-table-headers",
+         "name", "messages_ready", "messages_unacknowledged"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    rows = (line.split("\t") for line in done.stdout.splitlines() if line.strip())
+    return {name: (int(ready), int(unacked)) for name, ready, unacked in rows}
+
+
+def all_acknowledged(rabbit_url: str, queues: Iterable[str]) -> bool:
+    """Whether ``queues`` hold nothing, ready or unacknowledged (live): every message they got
+    was acknowledged, so none of them can be delivered again."""
+    depths = queue_depths(rabbit_url)
+    return all(depths.get(queue) == (0, 0) for queue in queues)

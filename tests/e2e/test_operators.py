@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
@@ -107,9 +106,10 @@ def test_redrive_dry_run_lists_then_redrive_republishes_with_the_actor(
     assert sorted(b["job_id"] for b in bodies) == jobs
 
 
-def test_cancel_stops_a_cooling_down_job_from_being_retried(stack: dict[str, str]) -> None:
+def _failed_once(stack: dict[str, str], job: str, cooldown: float) -> None:
+    """Submit ``job`` and fail its first attempt (retryable): it cools down ``cooldown`` s,
+    give or take the policy's 20 % jitter."""
     rabbit = stack["JOBTRAIL_RABBIT_URL"]
-    job = new_job_id()
     publish(
         rabbit,
         lambda c: c.submit(
@@ -119,17 +119,27 @@ def test_cancel_stops_a_cooling_down_job_from_being_retried(stack: dict[str, str
             priority="bulk",
             tenant="t",
             pool="cancel-pool",
-            retry={"initial_interval_seconds": 1.5},
+            retry={"initial_interval_seconds": cooldown},
         ),
     )
     wait_for(lambda: status(stack, job), "the submission")
     publish(rabbit, lambda c: c.reserved(job, 1, "n1"), lambda c: c.failed(job, 1, "n1", "oom"))
     wait_status(stack, job, "cooling_down")
+
+
+def test_cancel_stops_a_cooling_down_job_from_being_retried(stack: dict[str, str]) -> None:
+    job, later = new_job_id(), new_job_id("later")
+    _failed_once(stack, job, 1.5)  # its retry would fall due within 1.8 s
     code, out = cli(stack, "cancel", job, "--actor", "bob", "--reason", "customer asked")
     assert code == 0, out
     row = wait_status(stack, job, "cancelled")
     assert row["attempt"] == 1
-    time.sleep(2.5)  # the cooldown would have ended: a cancelled job is never republished
+    # A job failed after the cancel, cooling down at least 2.4 s: once its retry fired, the
+    # timer loop was past the moment the cancelled job's retry would have come.
+    _failed_once(stack, later, 3.0)
+    wait_for(
+        lambda: "retried" in [e["type"] for e in history(stack, later)], "the later job's retry"
+    )
     assert [e["type"] for e in history(stack, job)] == [
         "submitted",
         "reserved",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from app.adapters.rabbit import work_queue_args
 from app.adapters.sql_store import SqlProjectionStore
 from app.client import JobtrailClient
 from app.domain.events import Failed, JobEvent, Reserved, RetryOverride, Submitted
+from tests import servers
 from tests.e2e.harness import TEST_POLICY, Tracker, tracker_env, wait_for
 from tests.e2e.test_scale_out import _shared_by
 
@@ -181,9 +181,11 @@ def test_three_trackers_publish_every_due_retry_once(
                 "every owed retry on the work queue and the outbox published",
                 timeout=180,
             )
-            time.sleep(2.0)  # a duplicate still in flight would arrive by now
         finally:
             codes = [tracker.stop() for tracker in trackers]
+        # No tracker runs any more, so nothing more is published; once the queue holds nothing,
+        # ready or unacknowledged, every copy that reached it is in the counter's list.
+        wait_for(lambda: servers.all_acknowledged(rabbit_url, [QUEUE]), "the work queue consumed")
         messages = counter.snapshot()
     keys = Counter((m["job_id"], m["attempt"]) for m in messages)
     duplicated = {key: count for key, count in keys.items() if count > 1}

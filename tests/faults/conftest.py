@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import aio_pika
 import httpx
@@ -39,6 +38,7 @@ from app.services.projection import job_row
 from app.services.tracking import fold_history
 from scripts.private_servers import PrivateRabbit, wait_until
 from tests.e2e.harness import ROOT, TEST_POLICY, Tracker, wait_for
+from tests.servers import queue_depths as queue_depths  # the suite's modules take it from here
 
 ARTIFACTS = ROOT / "test-artifacts" / "reliability"
 AMQP_LOGGERS = ("aiormq.", "aio_pika.")
@@ -322,21 +322,6 @@ def _counts(
 
 
 # -- RabbitMQ probes --------------------------------------------------------------------------------
-
-
-def queue_depths(rabbit_url: str) -> dict[str, tuple[int, int]]:
-    """Queue name → (ready, unacknowledged), live from the queues (``rabbitmqctl``, read-only).
-
-    The management API's figures are samples up to seconds old; these are not.
-    """
-    vhost = unquote(rabbit_url.rsplit("/", 1)[1]) or "/"
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", "-p", vhost, "list_queues", "--no-table-headers",
-         "name", "messages_ready", "messages_unacknowledged"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    rows = (line.split("\t") for line in done.stdout.splitlines() if line.strip())
-    return {name: (int(ready), int(unacked)) for name, ready, unacked in rows}
 
 
 def held(depths: dict[str, tuple[int, int]]) -> int:

@@ -137,13 +137,14 @@ class WorkQueueCounter:
 
         return take
 
-    async def quiet(self, seconds: float, within: float) -> None:
-        """Wait (bounded) until nothing has arrived for ``seconds``."""
+    async def drained(self, within: float) -> None:
+        """Wait (bounded) until the counted queues hold nothing, ready or unacknowledged: every
+        message that reached them is in ``seen`` (once nothing publishes any more)."""
+        queues = [*WORK_QUEUES, DEAD_QUEUE]
         deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            last = self.seen[-1].at if self.seen else 0.0
-            if time.time() - last >= seconds:
-                return
+        while not await asyncio.to_thread(servers.all_acknowledged, self.rabbit_url, queues):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the work queues still hold messages after {within:.0f} s")
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
@@ -289,7 +290,9 @@ async def _run(
     trackers: list[FaultTracker], rabbit_url: str, stream: Stream, chooser: Any
 ) -> tuple[list[WorkMessage], Storm, Census, dict[str, Any]]:
     """The storm, then the wait for every event and decision, counting the work queues all along
-    (the census runs in a thread: the consumer lives on this loop)."""
+    (the census runs in a thread: the consumer lives on this loop). The trackers are stopped
+    (their exit codes in ``counts["exit_codes"]``) before the last count: then nothing publishes
+    any more, and queues holding nothing mean every copy was counted."""
     counter = WorkQueueCounter(rabbit_url)
     await counter.start()
     try:
@@ -298,7 +301,8 @@ async def _run(
             settle, trackers[0].env, stream.event_ids,
             lambda: partitions_idle(queue_depths(rabbit_url)), stream.unsettled,
         )  # fmt: skip
-        await counter.quiet(2.0, within=30)  # the last publications reach the consumer
+        counts["exit_codes"] = await asyncio.to_thread(lambda: [t.stop() for t in trackers])
+        await counter.drained(within=60)
     finally:
         await counter.stop()
     return counter.seen, storm, census, counts
@@ -334,7 +338,7 @@ def test_three_trackers_killed_at_random_publish_each_decision_once(
         published, examples = publication_counts(seen, storm.kills, census)
         counts |= published | {"quarantined": quarantined(rabbit_url)}
         verify_code, verify_out = cli(env, "verify")
-        stopped = [t.stop() for t in trackers]
+    stopped = counts.pop("exit_codes")
     counts |= {
         "messages_sent": storm.sent,
         "kills": sum(t.kills for t in trackers),

@@ -15,6 +15,16 @@ from app.adapters.rabbit_acks import BatchAcks
 COUNT = 200
 
 
+async def _acks_accepted(channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
+    """A synchronous method on the acknowledging channel after its acks. The broker handles a
+    channel's frames in order, so by its answer every ack before it was taken, or the channel
+    was closed for it (PRECONDITION_FAILED, unknown delivery tag) and the call fails."""
+    try:
+        await channel.declare_queue(queue, passive=True)
+    except aio_pika.exceptions.AMQPError as exc:
+        raise AssertionError(f"the broker refused an acknowledgement: {exc!r}") from exc
+
+
 async def test_every_delivery_is_acknowledged_and_the_channel_stays_open(rabbit_url: str) -> None:
     connection = await aio_pika.connect(rabbit_url)
     try:
@@ -56,7 +66,7 @@ async def test_every_delivery_is_acknowledged_and_the_channel_stays_open(rabbit_
         again = got[COUNT]
         assert again.body == failed.body and again.redelivered
         await acks.ack(again)
-        await asyncio.sleep(0.3)
+        await _acks_accepted(consumer, queue.name)
         assert not consumer.is_closed, "the broker refused an acknowledgement"
         await their_queue.cancel(tag)
         await consumer.close()  # anything still unacknowledged goes back to the queue
@@ -84,10 +94,10 @@ async def test_a_nack_at_the_end_of_a_run_is_not_acknowledged(rabbit_url: str) -
         acks = BatchAcks()
         await acks.ack(one)
         await acks.nack(two)
-        await asyncio.sleep(0.3)
+        await _acks_accepted(consumer, queue.name)
         assert not consumer.is_closed, "the broker refused an acknowledgement"
         await acks.ack(three)
-        await asyncio.sleep(0.3)
+        await _acks_accepted(consumer, queue.name)
         assert not consumer.is_closed
         await consumer.close()
         declared = await channel.declare_queue(queue.name, passive=True)

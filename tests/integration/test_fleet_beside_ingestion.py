@@ -161,6 +161,16 @@ async def _publish(url: str, event: JobEvent) -> None:
         await connection.close()
 
 
+async def _under_way(walk: asyncio.Task[dict[str, Any]], first_page: asyncio.Event) -> None:
+    """Wait (up to 60 s) until the walk has its first page; the walk's error if it fails first."""
+    page = asyncio.ensure_future(first_page.wait())
+    done, _ = await asyncio.wait({walk, page}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    page.cancel()
+    if walk in done:
+        walk.result()  # raises what failed the walk, if anything did
+    assert first_page.is_set(), "timed out waiting for the fleet query's first page"
+
+
 async def _acked(acked: dict[str, float], job_id: str) -> float:
     async with asyncio.timeout(60):
         while job_id not in acked:  # noqa: ASYNC110
@@ -168,8 +178,9 @@ async def _acked(acked: dict[str, float], job_id: str) -> float:
     return acked[job_id]
 
 
-async def _walk_fleet(base_url: str) -> dict[str, Any]:
-    """Every page of ``/fleet?ids=true`` (one request if the server does not page)."""
+async def _walk_fleet(base_url: str, first_page: asyncio.Event) -> dict[str, Any]:
+    """Every page of ``/fleet?ids=true`` (one request if the server does not page);
+    ``first_page`` is set once the first page is in."""
     params = {"at": AT.isoformat(), "by": "pool", "ids": "true"}
     ids: list[str] = []
     pages = scanned = 0
@@ -179,6 +190,7 @@ async def _walk_fleet(base_url: str) -> dict[str, Any]:
             assert response.status_code == 200, response.text
             body = response.json()
             pages += 1
+            first_page.set()
             scanned += body.get("scanned", {}).get("events", 0)
             ids += [job for group in body["groups"] for job in group["job_ids"]]
             if body.get("next_cursor") is None:
@@ -208,8 +220,9 @@ async def test_a_fleet_query_over_100k_events_keeps_acks_and_heartbeats_on_time(
         await _acked(acked, "aa-warm-up")  # the tracker consumes its partition
         lag.measuring = True
         started = time.monotonic()
-        walk = asyncio.create_task(_walk_fleet(url))
-        await asyncio.sleep(0.5)
+        first_page = asyncio.Event()
+        walk = asyncio.create_task(_walk_fleet(url, first_page))
+        await _under_way(walk, first_page)
         await _publish(rabbit_url, submitted("aa-during-the-query", at=T0))
         acked_at = await _acked(acked, "aa-during-the-query")
         assert not walk.done(), "the fleet query ended before the delivery: nothing was shown"

@@ -10,7 +10,9 @@ until the next event arrived.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from app.adapters.clock import SystemClock
 from app.adapters.sql_log import SqlEventLog
@@ -29,6 +31,17 @@ class NoBroker:
 
     async def publish(self, message: OutboxMessage) -> None:
         raise AssertionError("nothing to publish")
+
+
+@dataclass
+class WatchedHealth(Health):
+    """Health that counts each loop's successful passes (every pass reports ``recover``)."""
+
+    passes: Counter[str] = field(default_factory=Counter)
+
+    def recover(self, loop: str) -> None:
+        self.passes[loop] += 1
+        super().recover(loop)
 
 
 async def _until(check: Callable[[], bool], what: str) -> None:
@@ -56,15 +69,15 @@ async def test_an_outage_seen_by_the_timer_loop_and_relay_clears_without_any_eve
     database = pg_url.rsplit("/", 1)[1]
     log, store = SqlEventLog(pg_url), SqlProjectionStore(pg_url)
     tracker = Tracker(log, store, Policy.from_toml(""), SystemClock())
-    health = Health()
+    health = WatchedHealth()
     loops = [
         TimerLoop(tracker, health, interval=0.05),
         OutboxRelay(store, NoBroker(), SystemClock(), idle_wait=0.05, health=health),  # type: ignore[arg-type]
     ]
     tasks = [asyncio.create_task(loop.run()) for loop in loops]
     try:
-        await asyncio.sleep(0.3)
-        assert health.ok
+        await _until(lambda: min(health.passes[n] for n in ("timers", "relay")) >= 1, "a pass each")
+        assert health.ok, health.degraded_reason
         await _allow_connections(database, False)
         await _until(lambda: set(health.reasons) == {"timers", "relay"}, "both loops to see it")
         assert not health.ok and "store unavailable" in (health.degraded_reason or "")

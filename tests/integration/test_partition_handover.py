@@ -96,12 +96,15 @@ async def test_a_released_partition_goes_to_the_waiting_consumer_in_order(
         await _until(lambda: len(first.got) > ACKED_BY_FIRST, "the first to hold deliveries")
         await b.consume(0)
         assert a.consuming() == b.consuming() == {0}
-        await asyncio.sleep(0.5)
-        assert second.got == [], "single active consumer: the second waits"
-        await _until(
-            lambda: servers.active_consumers(rabbit_url) != {}, "the management API to see them"
-        )
         queue = rabbit.partition_queue(0)
+        # The broker itself says the second waits (its consumer registered, not active): a
+        # waiting consumer is given nothing, so its empty list is certain, not a guess that a
+        # delivery would have come within some time.
+        await _until(
+            lambda: servers.waiting_consumers(rabbit_url) == {queue: ["second partition 0"]},
+            "the management API to list the second consumer as waiting",
+        )
+        assert second.got == [], "single active consumer: the second waits"
         assert servers.active_consumers(rabbit_url) == {queue: ["first partition 0"]}
 
         held = len(first.got) - ACKED_BY_FIRST

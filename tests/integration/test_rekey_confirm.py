@@ -9,7 +9,6 @@ original unacknowledged, delivered again until a re-key is confirmed, then recor
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections import Counter
@@ -24,7 +23,7 @@ from app.bootstrap import build_tracking, prepare_storage
 from app.entrypoints.worker import partition_coordinator
 from app.ports import PublishFailed
 from app.settings import Settings
-from tests.integration.test_poison_batch import _event, _ready, _until
+from tests.integration.test_poison_batch import _all_acknowledged, _event, _ready, _until
 
 PARTITIONS = 2
 
@@ -175,7 +174,11 @@ async def test_the_worker_acks_an_unkeyed_event_only_once_its_rekey_is_confirmed
             return await tracking.readers.log.count() == 1
 
         await _until(recorded, "the re-keyed copy to be recorded")
-        await asyncio.sleep(1)
+        # The original acknowledged (no re-key comes after that) and every confirmed copy
+        # consumed and acknowledged: the counts below are final.
+        await _until(
+            lambda: _all_acknowledged(rabbit_url, PARTITIONS), "every delivery acknowledged"
+        )
     finally:
         await coordinator.stop()
         await tracking.stop()
