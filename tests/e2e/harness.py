@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,43 @@ class Tracker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+
+RUN_CLI = "import app.entrypoints.api_cli; from app.entrypoints.cli import main; main()"
+"""``python -c`` source of the ``jobtrail`` command (its ``api`` subcommand registered)."""
+
+
+@contextmanager
+def api_process(env: dict[str, str], logfile: Path) -> Iterator[str]:
+    """``jobtrail api`` as a process with ``env`` (its output in ``logfile``): yields its URL
+    once it listens, then stops it with SIGTERM and asserts it exits 0 (killed if it hangs)."""
+    with logfile.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN_CLI, "api"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield wait_for_url(logfile, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, logfile.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def wait_for_url(logfile: Path, proc: subprocess.Popen[bytes]) -> str:
+    """The URL a starting ``jobtrail api`` logs it listens on (up to 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in logfile.read_text(errors="replace").splitlines():
+            if '"jobtrail api listening"' in line:
+                return str(json.loads(line)["url"])
+        time.sleep(0.1)
+    raise AssertionError(f"jobtrail api did not start:\n{logfile.read_text()[-3000:]}")
 
 
 def tracker_env(rabbit_url: str, log_url: str, sql_url: str, workdir: Path) -> dict[str, str]:

@@ -14,9 +14,6 @@ import logging
 import os
 import re
 import shlex
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -50,6 +47,7 @@ from app.services.health import Health
 from app.services.tracking import Tracker
 from app.settings import Settings
 from tests import servers
+from tests.e2e.harness import api_process
 
 assert api_cli  # importing it registers `jobtrail api` and `jobtrail jobs` on the CLI app
 
@@ -912,51 +910,22 @@ async def test_serve_api_refuses_a_taken_port(backend: Backend) -> None:
             )
 
 
-RUN_CLI = "import app.entrypoints.api_cli; from app.entrypoints.cli import main; main()"
-
-
 def test_jobtrail_api_serves_until_sigterm(backend: Backend, tmp_path: Path) -> None:
     token_file = tmp_path / "read-token"
     token_file.write_text(READ)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRAIL_")}
     env |= backend.env | {"JOBTRAIL_HTTP_PORT": "0", "JOBTRAIL_READ_TOKEN_FILE": str(token_file)}
     logfile = tmp_path / "api.log"
-    with logfile.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUN_CLI, "api"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+    with api_process(env, logfile) as url, httpx.Client(base_url=url, timeout=30) as c:
+        assert c.get("/jobs").status_code == 401
+        listed = c.get(
+            "/jobs", params={"status": "completed"}, headers={"Authorization": f"Bearer {READ}"}
         )
-    try:
-        url = wait_for_url(logfile, proc)
-        with httpx.Client(base_url=url, timeout=30) as c:
-            assert c.get("/jobs").status_code == 401
-            listed = c.get(
-                "/jobs", params={"status": "completed"}, headers={"Authorization": f"Bearer {READ}"}
-            )
-            assert [item["job_id"] for item in listed.json()["items"]] == ["job-done"]
-            assert c.get("/healthz").json() == {"status": "ok"}
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, logfile.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+        assert [item["job_id"] for item in listed.json()["items"]] == ["job-done"]
+        assert c.get("/healthz").json() == {"status": "ok"}
     text = logfile.read_text()
     assert "jobtrail api stopped" in text
     assert READ not in text
-
-
-def wait_for_url(logfile: Path, proc: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        for line in logfile.read_text(errors="replace").splitlines():
-            if '"jobtrail api listening"' in line:
-                return str(json.loads(line)["url"])
-        time.sleep(0.1)
-    raise AssertionError(f"jobtrail api did not start:\n{logfile.read_text()[-3000:]}")
 
 
 def test_jobtrail_api_refuses_a_bad_token_setting(backend: Backend) -> None:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -26,15 +23,8 @@ from schemathesis.generation import GenerationMode
 
 from app.adapters.rabbit import EVENTS_EXCHANGE
 from tests import servers
-from tests.e2e.test_api import (
-    OPERATE,
-    READ,
-    ROOT,
-    RUN_CLI,
-    Backend,
-    backend,
-    wait_for_url,
-)
+from tests.e2e.harness import api_process
+from tests.e2e.test_api import OPERATE, READ, Backend, backend
 
 assert backend  # the seeded stores of test_api.py (imported as a fixture)
 
@@ -83,22 +73,8 @@ def live_api(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "JOBTRAIL_RABBIT_API_URL": f"http://127.0.0.1:{servers.free_port()}/api",
         }
         logfile = folder / "api.log"
-        with logfile.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", RUN_CLI, "api"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            yield wait_for_url(logfile, proc)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0, logfile.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
+        with api_process(env, logfile) as url:
+            yield url
         text = logfile.read_text()
         assert "Traceback" not in text, text[-5000:]
 

@@ -33,7 +33,6 @@ from tests.faults.conftest import (
     Census,
     FaultTracker,
     PrivateRabbitCluster,
-    make_env,
     partitions_idle,
     quarantined,
     republish_check,
@@ -42,10 +41,17 @@ from tests.faults.conftest import (
     write_artifact,
 )
 from tests.faults.test_kill_storm import Progress, Stream, lifecycle_stream, publish_events
+from tests.faults.trackers import (
+    EVERY_RUN_ZERO,
+    MARKS,
+    assert_zero,
+    build_trackers,
+    process_counts,
+    start_all,
+)
 
 pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.timeout(SCALE.test_timeout),
+    *MARKS,
     pytest.mark.skipif(SCALE.name != "full", reason="full form only (make test-faults)"),
 ]
 
@@ -101,10 +107,7 @@ async def _load(
     return await publishing, moments
 
 
-MUST_BE_ZERO = (
-    "lost", "duplicated", "gaps", "out_of_order", "mismatched", "unsettled_jobs", "anomalies",
-    "quarantined", "crashes", "tracebacks", "verify_exit",
-)  # fmt: skip
+MUST_BE_ZERO = (*EVERY_RUN_ZERO, "out_of_order")
 
 
 def test_a_node_of_the_cluster_killed_mid_load_loses_nothing(
@@ -117,13 +120,9 @@ def test_a_node_of_the_cluster_killed_mid_load_loses_nothing(
     stream = lifecycle_stream(EVENTS, f"cluster-{uuid.uuid4().hex[:6]}", chooser)
     victim = chooser.choice([1, 2])  # producers publish through node 0
     with servers.pg_database() as log_url, servers.pg_database() as sql_url:
-        trackers = []
-        for n, node in enumerate(cluster.nodes):
-            (tmp_path / f"env-{n}").mkdir()
-            env = make_env(node.url, log_url, sql_url, tmp_path / f"env-{n}")
-            trackers.append(fault_tracker(env))
-        for tracker in trackers:
-            tracker.start()
+        urls = [node.url for node in cluster.nodes]  # node n serves tracker n
+        trackers = build_trackers(fault_tracker, tmp_path, urls, log_url, sql_url)
+        start_all(trackers)
         placed = wait_for(lambda: (r := replicas(cluster)) and len(r) >= 5 and r,
                           "the partition queues declared", 60)  # fmt: skip
         sent, moments = asyncio.run(_load(cluster, victim, stream))
@@ -135,14 +134,9 @@ def test_a_node_of_the_cluster_killed_mid_load_loses_nothing(
         verify_code, verify_out = cli(trackers[0].env, "verify")
         after = replicas(cluster)
         stopped = [t.stop() for t in trackers]
-    kinds = [t.tracebacks() for t in trackers]
-    counts |= {
+    counts |= process_counts(trackers, stopped) | {
         "messages_sent": sent,
         "out_of_order": len(reordered),
-        "crashes": sum(t.crashes() for t in trackers) + sum(code != 0 for code in stopped),
-        "tracebacks": sum(k["app"] for k in kinds),
-        "amqp_library_tracebacks": sum(k["amqp_library"] for k in kinds),
-        "handler_cancelled_tracebacks": sum(k["handler_cancelled"] for k in kinds),
         "verify_exit": verify_code,
     }
     write_artifact("rabbit_cluster", counts, started, nodes=len(cluster.nodes),
@@ -151,7 +145,5 @@ def test_a_node_of_the_cluster_killed_mid_load_loses_nothing(
                    out_of_order=census.describe(reordered),
                    unsettled=census.describe(stream.unsettled(census)))  # fmt: skip
     assert set(placed.values()) == {len(cluster.nodes)}, placed  # replicated on every node
-    assert {k: counts[k] for k in MUST_BE_ZERO} == dict.fromkeys(MUST_BE_ZERO, 0), (
-        counts, verify_out[-2000:],
-    )  # fmt: skip
+    assert_zero(counts, MUST_BE_ZERO, verify_out[-2000:])
     assert counts["jobs"] == len(stream.expected)
