@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
 from app.domain.chain import RecordedEvent
@@ -112,15 +112,7 @@ def advance_attempts(
 
 
 def _open(row: AttemptRow) -> _Attempt:
-    return _Attempt(
-        pool=row.pool,
-        queue=row.queue,
-        node_id=row.node_id,
-        reserved_at=row.reserved_at,
-        ended_at=row.ended_at,
-        outcome=row.outcome,
-        error_code=row.error_code,
-    )
+    return _Attempt(**{f.name: getattr(row, f.name) for f in fields(_Attempt)})
 
 
 def _fold_attempt(attempts: dict[int, _Attempt], recorded: RecordedEvent) -> None:
