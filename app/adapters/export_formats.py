@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Protocol
 from rich.table import Table
 from rich.text import Text
 
-from app.services.export import Column
+from app.ports import Column
 
 FORMATS = ("jsonl", "csv", "parquet")
 

@@ -36,7 +36,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.selectable import TextualSelect
 
-from app.adapters.memory_log import (
+from app.adapters.log_entries import (
     DEFAULT_PAGE_SIZE,
     MAX_APPEND_TRIES,
     DecodedEntries,
