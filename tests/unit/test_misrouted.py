@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
+from app.bootstrap.metrics import Metrics
 from app.domain.events import Completed
-from app.entrypoints.metrics import Metrics
 from app.services.ingest import Batcher, Health, Ingestor
 from tests.unit.test_tracking_service import FakePublisher, FlakyRecorder, env
 
