@@ -55,8 +55,6 @@ Instant = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(as
 are refused). Every instant the API or the CLI takes (filters, ``as_of``, ``at``, ``since``, page
 cursors) is read by this one type, so they all refuse the same things, such as
 ``0001-01-01T00:00+05:00`` (no UTC form)."""
-
-
 _INSTANT: TypeAdapter[datetime] = TypeAdapter(Instant)
 
 
