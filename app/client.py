@@ -16,12 +16,7 @@ from typing import Any
 import aio_pika
 import aiormq
 
-from app.adapters.rabbit import (
-    EVENTS_EXCHANGE,
-    JOB_ID_HEADER,
-    ClosingConnection,
-    work_queue_args,
-)
+from app.adapters.rabbit import ClosingConnection
 from app.domain.events import (
     Completed,
     Failed,
@@ -33,6 +28,7 @@ from app.domain.events import (
     Submitted,
 )
 from app.ports import PublishFailed
+from app.ports.topology import EVENTS_EXCHANGE, JOB_ID_HEADER, work_queue_args
 
 PRIORITY_OF_CLASS = {Priority.URGENT: 9, Priority.BULK: 3, Priority.TEST: 0}
 

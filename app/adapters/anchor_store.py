@@ -33,8 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.adapters.log_entries import DEFAULT_PAGE_SIZE
 from app.adapters.log_factory import MONGO_SCHEMES
-from app.adapters.memory_log import DEFAULT_PAGE_SIZE
 from app.adapters.mongo_log import COLLECTION, DEFAULT_DATABASE, mongo_client
 from app.adapters.sql_log import events_table
 from app.adapters.sql_schema import make_engine

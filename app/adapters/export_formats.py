@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from rich.table import Table
 from rich.text import Text
 
-from app.services.export import Column
+from app.ports import Column
 
 if TYPE_CHECKING:
     from jinja2 import Template

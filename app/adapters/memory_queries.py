@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
-from app.ports import JobRow, ProjectionStore
-from app.services.queries import EndedCount, GroupCount, JobFilter, PageKey
+from app.ports import EndedCount, GroupCount, JobFilter, JobRow, PageKey, ProjectionStore
 
 
 def _matches(row: JobRow, filters: JobFilter, after: PageKey | None) -> bool:

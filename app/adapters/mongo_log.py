@@ -17,7 +17,7 @@ from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, uri_parser
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
-from app.adapters.memory_log import (
+from app.adapters.log_entries import (
     DEFAULT_PAGE_SIZE,
     MAX_APPEND_TRIES,
     DecodedEntries,

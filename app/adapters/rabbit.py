@@ -20,33 +20,69 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from app.ports import OutboxMessage, PublishFailed
-
-EVENTS_EXCHANGE = "jobtrail.events"
-INTAKE_EXCHANGE = "jobtrail.intake"
-RING_EXCHANGE = "jobtrail.ring"
-LEGACY_PARTITION_EXCHANGE = "jobtrail.partitions"  # the durable ring of releases before 0.2
-UNROUTED_EXCHANGE = "jobtrail.unrouted"
-UNROUTED_QUEUE = "jobtrail.unrouted"
-BARRIER_HEADER = "x-jobtrail-barrier"
-QUARANTINE_QUEUE = "jobtrail.quarantine"
-DEAD_QUEUE = "jobtrail.dead"
-BROKER_DLX = "jobtrail.broker-dlx"
-BROKER_DEAD_QUEUE = "jobtrail.broker-dead"
-REASON_HEADER = "x-jobtrail-reason"
-JOB_ID_HEADER = "x-jobtrail-job-id"
-EVENTS_ROUTING = "job.#"
-TRACKER_DELIVERY_LIMIT = 50
-
-TRACKER_QUEUE_ARGS: dict[str, Any] = {
-    "x-queue-type": "quorum",
-    "x-single-active-consumer": True,
-    "x-delivery-limit": TRACKER_DELIVERY_LIMIT,
-    "x-dead-letter-exchange": "",
-    "x-dead-letter-routing-key": QUARANTINE_QUEUE,
-}
-BROKER_DEAD_QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
-UNROUTED_QUEUE_ARGS: dict[str, Any] = {"x-queue-type": "quorum"}
-INTAKE_EXCHANGE_ARGS: dict[str, Any] = {"alternate-exchange": UNROUTED_EXCHANGE}
+from app.ports.topology import (  # re-exported: the broker code and its tests name them here
+    BARRIER_HEADER as BARRIER_HEADER,
+)
+from app.ports.topology import (
+    BROKER_DEAD_QUEUE as BROKER_DEAD_QUEUE,
+)
+from app.ports.topology import (
+    BROKER_DEAD_QUEUE_ARGS as BROKER_DEAD_QUEUE_ARGS,
+)
+from app.ports.topology import (
+    BROKER_DLX as BROKER_DLX,
+)
+from app.ports.topology import (
+    DEAD_QUEUE as DEAD_QUEUE,
+)
+from app.ports.topology import (
+    EVENTS_EXCHANGE as EVENTS_EXCHANGE,
+)
+from app.ports.topology import (
+    EVENTS_ROUTING as EVENTS_ROUTING,
+)
+from app.ports.topology import (
+    INTAKE_EXCHANGE as INTAKE_EXCHANGE,
+)
+from app.ports.topology import (
+    INTAKE_EXCHANGE_ARGS as INTAKE_EXCHANGE_ARGS,
+)
+from app.ports.topology import (
+    JOB_ID_HEADER as JOB_ID_HEADER,
+)
+from app.ports.topology import (
+    LEGACY_PARTITION_EXCHANGE as LEGACY_PARTITION_EXCHANGE,
+)
+from app.ports.topology import (
+    QUARANTINE_QUEUE as QUARANTINE_QUEUE,
+)
+from app.ports.topology import (
+    REASON_HEADER as REASON_HEADER,
+)
+from app.ports.topology import (
+    RING_EXCHANGE as RING_EXCHANGE,
+)
+from app.ports.topology import (
+    TRACKER_DELIVERY_LIMIT as TRACKER_DELIVERY_LIMIT,
+)
+from app.ports.topology import (
+    TRACKER_QUEUE_ARGS as TRACKER_QUEUE_ARGS,
+)
+from app.ports.topology import (
+    UNROUTED_EXCHANGE as UNROUTED_EXCHANGE,
+)
+from app.ports.topology import (
+    UNROUTED_QUEUE as UNROUTED_QUEUE,
+)
+from app.ports.topology import (
+    UNROUTED_QUEUE_ARGS as UNROUTED_QUEUE_ARGS,
+)
+from app.ports.topology import (
+    partition_queue as partition_queue,
+)
+from app.ports.topology import (
+    work_queue_args as work_queue_args,
+)
 
 log = logging.getLogger("jobtrail.rabbit")
 
@@ -113,16 +149,6 @@ async def publish_confirmed(
             f"broker did not confirm the publish to {exchange.name or 'the default exchange'} "
             f"({routing_key}): {confirmation!r}"
         )
-
-
-def partition_queue(index: int) -> str:
-    """The name of partition queue ``index`` (``jobtrail.tracker.<index>``)."""
-    return f"jobtrail.tracker.{index}"
-
-
-def work_queue_args(max_priority: int) -> dict[str, Any]:
-    """Arguments of every work queue: priorities and broker dead-lettering to Jobtrail."""
-    return {"x-max-priority": max_priority, "x-dead-letter-exchange": BROKER_DLX}
 
 
 class RabbitPublisher:

@@ -32,7 +32,7 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a partition's connection close, then its consumer's stop, may take."""
 
 Subscribe = Callable[[RabbitBroker, int], None]
-"""Registers partition ``index``'s subscriber on a new broker (app/entrypoints/worker.py)."""
+"""Registers partition ``index``'s subscriber on a new broker (app/bootstrap/worker.py)."""
 
 
 class RabbitPartitionConsumers:

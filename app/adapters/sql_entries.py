@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Row, Text, text, type_coerce
 from sqlalchemy.sql.selectable import TextualSelect
 
-from app.adapters.memory_log import raw_entry
+from app.adapters.log_entries import raw_entry
 from app.domain.chain import MICROSECOND, StoredEvent
 
 _SQLITE_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")

@@ -34,7 +34,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.selectable import TextualSelect
 
-from app.adapters.memory_log import (
+from app.adapters.log_entries import (
     DEFAULT_PAGE_SIZE,
     MAX_APPEND_TRIES,
     DecodedEntries,
@@ -44,11 +44,12 @@ from app.adapters.memory_log import (
     decode_entry,
     duplicate,
     entry_fields,
+    plan_appends,
     truncate_ms,
 )
 from app.adapters.sql_entries import per_job, per_job_from, sqlite_checked, stored_entry
 from app.adapters.sql_errors import is_unique_violation, refusal_reason, refuses_data
-from app.domain.chain import GENESIS_HASH, RecordedEvent, StoredEvent
+from app.domain.chain import RecordedEvent, StoredEvent
 from app.domain.events import JobEvent
 from app.ports import AppendOutcome, LogUnavailable, WriteRefused
 
@@ -230,7 +231,7 @@ class SqlEventLog:
             async with self._engine.begin() as conn:
                 known = await _known_ids(conn, [str(e.event_id) for e in events])
                 tips = await _tips(conn, sorted({e.job_id for e in events}))
-                outcomes, rows = _plan(events, at, known, tips)
+                outcomes, rows = plan_appends(events, at, known, tips)
                 if rows:
                     await conn.execute(events_table.insert(), rows)
         except IntegrityError as exc:
@@ -383,25 +384,3 @@ async def _tips(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, tupl
         )
         tips |= {row.job_id: (row.seq, row.hash) for row in await conn.execute(query)}
     return tips
-
-
-def _plan(
-    events: Sequence[JobEvent],
-    at: datetime,
-    known: dict[str, tuple[str, int]],
-    tips: dict[str, tuple[int, str]],
-) -> tuple[list[AppendOutcome], list[dict[str, Any]]]:
-    """Outcomes in order and the rows to insert, chaining events of one job within the batch."""
-    outcomes: list[AppendOutcome] = []
-    rows: list[dict[str, Any]] = []
-    for job_event in events:
-        event_id = str(job_event.event_id)
-        if event_id in known:
-            outcomes.append(duplicate(event_id, *known[event_id]))
-            continue
-        entry = chain_entry(job_event, at, *tips.get(job_event.job_id, (0, GENESIS_HASH)))
-        tips[job_event.job_id] = (entry.seq, entry.hash)
-        known[event_id] = (entry.job_id, entry.seq)
-        outcomes.append(appended(entry))
-        rows.append(entry_fields(entry))
-    return outcomes, rows

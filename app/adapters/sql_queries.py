@@ -20,8 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.adapters.sql_models import Identifier, UtcDateTime, attempts, jobs
 from app.adapters.sql_schema import EngineHolder
-from app.ports import JobRow, ProjectionUnavailable
-from app.services.queries import EndedCount, GroupCount, InvalidQuery, JobFilter, PageKey
+from app.ports import (
+    EndedCount,
+    GroupCount,
+    InvalidQuery,
+    JobFilter,
+    JobRow,
+    PageKey,
+    ProjectionUnavailable,
+)
 
 _JOB_COLUMNS = [jobs.c[f.name] for f in fields(JobRow)]
 _MINUTE_TEXT_LENGTH = len("YYYY-MM-DD HH:MM")

@@ -32,8 +32,15 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from app.adapters.sql_models import attempts, jobs, timers
 from app.adapters.sql_schema import EngineHolder
-from app.ports import AttemptRow, JobRow, ProjectionUnavailable, ProjectionUpdate, TimerRow
-from app.services.rebuild import JobBundle, Side
+from app.ports import (
+    AttemptRow,
+    JobBundle,
+    JobRow,
+    ProjectionUnavailable,
+    ProjectionUpdate,
+    Side,
+    TimerRow,
+)
 
 FRESH = "__rebuild"
 PREVIOUS = "__previous"

@@ -18,14 +18,13 @@ from app.adapters.sql_rebuild import SqlRebuildTables
 from app.adapters.sql_store import SqlProjectionStore
 from app.bench.workload import lifecycle_events
 from app.bootstrap import Readers, prepare_storage
+from app.bootstrap.hosting import ApiServer, listen
+from app.bootstrap.metrics import Metrics
 from app.domain.chain import RecordedEvent
 from app.domain.decide import next_deadline
 from app.domain.events import JobEvent, Reserved, Submitted, parse_event
 from app.domain.machine import fold
 from app.domain.policy import Policy
-from app.entrypoints.api_auth import Tokens
-from app.entrypoints.api_cli import listen, serve_api
-from app.entrypoints.metrics import Metrics
 from app.ports import EventLog
 from app.services.rebuild import rebuild
 from app.services.tracking import Tracker
@@ -128,8 +127,11 @@ async def pad_jobs(settings: Settings, total: int) -> None:
 PAD_CHUNK = 5000
 
 
-async def read_latencies(settings: Settings, policy: Policy, requests: int) -> dict[str, float]:
-    """p50/p99 (ms) of GET /jobs/{id} and of a filtered list page, over real HTTP on loopback."""
+async def read_latencies(
+    settings: Settings, policy: Policy, requests: int, serve: ApiServer
+) -> dict[str, float]:
+    """p50/p99 (ms) of GET /jobs/{id} and of a filtered list page, over real HTTP on loopback,
+    from the API ``serve`` runs in this event loop (without tokens)."""
     store = SqlProjectionStore(settings.sql_url)
     job_ids = [row.job_id async for row in store.all_jobs()]
     await store.close()
@@ -139,9 +141,7 @@ async def read_latencies(settings: Settings, policy: Policy, requests: int) -> d
     stop = asyncio.Event()
     sock = listen("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = asyncio.create_task(
-        serve_api(settings, readers, None, Metrics(), stop, tokens=Tokens(), sock=sock)
-    )
+    server = asyncio.create_task(serve(settings, readers, None, Metrics(), stop, sock=sock))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             await _wait_until_up(client)

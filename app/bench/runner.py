@@ -34,6 +34,7 @@ from app.bench.scenarios import (
 )
 from app.bench.workload import lifecycle_events
 from app.bootstrap import prepare_storage
+from app.bootstrap.hosting import ApiServer
 from app.domain.policy import Policy
 from app.settings import Settings
 
@@ -113,8 +114,11 @@ async def _ingest_env(options: BenchOptions, log: str) -> AsyncIterator[Settings
         )
 
 
-async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> list[Figure]:
-    """All scenarios, ``options.runs`` times, interleaved so that machine noise hits all alike."""
+async def run_bench(
+    options: BenchOptions, progress: Callable[[str], None], *, serve: ApiServer
+) -> list[Figure]:
+    """All scenarios, ``options.runs`` times, interleaved so that machine noise hits all alike;
+    ``serve`` runs the API of the read-latency figures."""
     baseline = Figure("bare aio-pika consume+ack (quorum, prefetch 256)", "msg/s")
     pg = Figure(
         "ingest end to end, PostgreSQL log + projections",
@@ -154,7 +158,7 @@ async def run_bench(options: BenchOptions, progress: Callable[[str], None]) -> l
                     )
                 figure.values.append(rate)
                 figure.ratios.append(rate / base)
-    offline = await _offline_figures(options, progress)
+    offline = await _offline_figures(options, progress, serve)
     history = await _history_figures(options, progress) if options.history_events else []
     figures = (baseline, pg, *(figure for figure, _, _ in served), mongo, *offline, *history)
     return [f for f in figures if f.values]
@@ -215,7 +219,9 @@ async def _history_figures(options: BenchOptions, progress: Callable[[str], None
     return [fresh, old]
 
 
-async def _offline_figures(options: BenchOptions, progress: Callable[[str], None]) -> list[Figure]:
+async def _offline_figures(
+    options: BenchOptions, progress: Callable[[str], None], serve: ApiServer
+) -> list[Figure]:
     """Rebuild against the in-memory fold, API read latency and timer lag, once per run."""
     fold_rate = Figure("decode stored JSON + fold, in memory", "events/s")
     rebuilt = Figure(
@@ -267,7 +273,7 @@ async def _offline_figures(options: BenchOptions, progress: Callable[[str], None
                 progress(f"run {run + 1}: padding the projection to {options.read_jobs:,} jobs")
                 await pad_jobs(settings, options.read_jobs)
             progress(f"run {run + 1}: read latency")
-            reads = await read_latencies(settings, policy, options.requests)
+            reads = await read_latencies(settings, policy, options.requests, serve)
             get_p99.values.append(reads["get_p99"])
             list_p99.values.append(reads["list_p99"])
             for figure in (get_p99, list_p99):

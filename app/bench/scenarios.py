@@ -27,7 +27,6 @@ from app.adapters.sql_schema import make_engine
 from app.bench.rabbit_setup import publish_confirmed
 from app.bootstrap import build_tracking, prepare_storage
 from app.domain.events import JobEvent
-from app.entrypoints.worker import create_app
 from app.settings import Settings
 
 PREFETCH = 256
@@ -94,6 +93,8 @@ async def jobtrail_ingest_rate(
     settings: Settings, events: Sequence[JobEvent], limit: float = 600
 ) -> float:
     """Events/s from subscriber start until every pre-published event is recorded and acked."""
+    from app.bootstrap.worker import create_app  # FastStream: loaded when a bench runs
+
     await _prepublish(settings, events)
     tracking = build_tracking(settings)
     await tracking.start()

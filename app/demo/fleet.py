@@ -23,7 +23,6 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from app.adapters.rabbit import work_queue_args
 from app.client import JobtrailClient
 from app.demo.scenario import (
     LEASE_SECONDS,
@@ -43,6 +42,7 @@ from app.demo.scenario import (
 from app.domain.events import Completed, JobEvent
 from app.domain.state import JobState
 from app.ports import PublishFailed
+from app.ports.topology import work_queue_args
 from app.services.tracking import Tracker
 
 log = logging.getLogger("jobtrail.demo")

@@ -25,16 +25,15 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
-from app.adapters.rabbit import partition_queue
-from app.adapters.sql_queries import SqlJobQueries
-from app.bootstrap import build_tracking, prepare_storage
+from app.bootstrap import build_tracking, open_queries, prepare_storage
+from app.bootstrap.hosting import ApiServer, listen
+from app.bootstrap.metrics import Metrics
 from app.demo.fleet import Cloud, Node, Tally, start_fleet, stop_fleet
 from app.demo.scenario import DemoConfig, demo_policy, fleet
 from app.domain.state import TERMINAL, JobStatus
-from app.entrypoints.api_cli import listen, serve_api
-from app.entrypoints.metrics import Metrics
-from app.ports import JobRow, PublishFailed
-from app.services.queries import JobFilter, list_jobs
+from app.ports import JobFilter, JobRow, PublishFailed
+from app.ports.topology import partition_queue
+from app.services.queries import list_jobs
 from app.settings import Settings
 
 PROGRESS_SECONDS = 5.0
@@ -84,9 +83,16 @@ class Summary:
 
 
 async def run_demo(
-    settings: Settings, config: DemoConfig, stop: asyncio.Event, say: Say, port: int | None = None
+    settings: Settings,
+    config: DemoConfig,
+    stop: asyncio.Event,
+    say: Say,
+    port: int | None = None,
+    *,
+    serve: ApiServer,
 ) -> Summary:
-    """Run the tracker, the API and the simulation until ``duration`` passes or ``stop`` is set."""
+    """Run the tracker, the API (served by ``serve``) and the simulation until ``duration``
+    passes or ``stop`` is set."""
     run_id = uuid.uuid4().hex[:6]
     with tempfile.TemporaryDirectory(prefix="jobtrail-demo-") as workdir:
         policy = Path(workdir) / "demo-policy.toml"
@@ -99,7 +105,7 @@ async def run_demo(
         try:
             await _refuse_busy_vhost(connection)
             tally = Tally(prefix=f"demo-{run_id}-")
-            async with running_tracker(settings, tally) as url:
+            async with running_tracker(settings, tally, serve) as url:
                 say(f"dashboard: {url}/dashboard")
                 say(
                     f"a simulated Cloud and {config.nodes} nodes are driving the tracker; "
@@ -140,10 +146,10 @@ async def _refuse_busy_vhost(connection: AbstractRobustConnection) -> None:
 
 
 @asynccontextmanager
-async def running_tracker(settings: Settings, tally: Tally) -> AsyncIterator[str]:
+async def running_tracker(settings: Settings, tally: Tally, serve: ApiServer) -> AsyncIterator[str]:
     """The tracker, its subscribers and the API, as ``jobtrail serve`` runs them; yields the
     API's base URL."""
-    from app.entrypoints.worker import create_app
+    from app.bootstrap.worker import create_app  # FastStream: loaded when a demo runs
 
     sock = listen(settings.http_host, settings.http_port)
     stop = asyncio.Event()
@@ -163,7 +169,7 @@ async def running_tracker(settings: Settings, tally: Tally) -> AsyncIterator[str
     try:
         await stream.start()
         api = asyncio.create_task(
-            serve_api(settings, tracking.readers, tracking.health, metrics, stop, sock=sock)
+            serve(settings, tracking.readers, tracking.health, metrics, stop, sock=sock)
         )
         yield f"http://{host}:{port}"
     finally:
@@ -249,7 +255,7 @@ async def _drain(connection: AbstractRobustConnection, partitions: int) -> None:
 
 
 async def _summarize(settings: Settings, tally: Tally, run_id: str, since: datetime) -> Summary:
-    rows = await _rows_since(settings.sql_url, since, tally.prefix)
+    rows = await _rows_since(settings, since, tally.prefix)
     statuses = Counter(row.status for row in rows)
     reasons = Counter(
         str(row.terminal_reason) for row in rows if row.status == JobStatus.DEAD_LETTERED
@@ -292,8 +298,8 @@ def _examples(tally: Tally, rows: list[JobRow]) -> dict[str, str]:
     return examples
 
 
-async def _rows_since(sql_url: str, since: datetime, prefix: str) -> list[JobRow]:
-    queries = SqlJobQueries(sql_url)
+async def _rows_since(settings: Settings, since: datetime, prefix: str) -> list[JobRow]:
+    queries = open_queries(settings)
     rows: list[JobRow] = []
     cursor: str | None = None
     try:

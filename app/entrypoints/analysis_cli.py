@@ -23,15 +23,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from app.adapters.export_formats import failure_tables, html_report, open_writer, whatif_tables
-from app.adapters.sql_rebuild import PREVIOUS, REBUILT_TABLES, SqlRebuildTables
-from app.bootstrap import Readers
+from app.bootstrap import Readers, open_rebuild_target, previous_tables
+from app.bootstrap.formats import failure_tables, html_report, open_writer, whatif_tables
 from app.domain.chain import RecordedEvent
 from app.domain.events import EVENT_TYPES
 from app.domain.policy import Policy
 from app.entrypoints.audit_cli import instant_param
 from app.entrypoints.cli_common import JsonOpt, app, fail, job_id_arg, load_settings, run
 from app.entrypoints.cli_common import with_readers as _with_readers
+from app.entrypoints.shapes import flat_event
 from app.services.analysis import Window, analyze
 from app.services.export import EVENT_COLUMNS, JOB_COLUMNS, Selection, replay
 from app.services.rebuild import RebuildReport
@@ -97,7 +97,7 @@ def rebuild(
         fail("rebuild swaps the live projection tables: pass --yes (or --dry-run)", 2)
 
     async def work(readers: Readers) -> int:
-        target = SqlRebuildTables(settings.sql_url)
+        target = open_rebuild_target(settings)
         try:
             with progress_bar("replaying", await readers.log.count()) as bar:
 
@@ -137,7 +137,7 @@ def _print_comparison(report: RebuildReport) -> None:
 def _print_outcome(report: RebuildReport, *, asked: bool) -> None:
     if not asked:
         _print_comparison(report)
-    previous = ", ".join(f"{t.name}{PREVIOUS}" for t in REBUILT_TABLES)
+    previous = ", ".join(previous_tables())
     if report.swapped:
         typer.echo(f"swapped: the rebuilt tables are live; the old ones are kept as {previous}")
     else:
@@ -172,7 +172,6 @@ def replay_command(
     settings = load_settings()
 
     async def work(readers: Readers) -> int:
-        from app.entrypoints.cli import flat_event  # cli imports this module to register it
 
         out = sys.stdout
         async for recorded in replay(readers.log, selection):
@@ -326,7 +325,6 @@ def _output(path: Path | None) -> Iterator[BinaryIO]:
 
 
 async def _event_rows(readers: Readers) -> AsyncIterator[dict[str, Any]]:
-    from app.entrypoints.cli import flat_event  # cli imports this module to register it
 
     recorded: RecordedEvent
     async for recorded in readers.log.scan():

@@ -12,20 +12,18 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from app.adapters.clock import SystemClock
-from app.adapters.sql_queries import SqlJobQueries
-from app.bootstrap import Readers
+from app.bootstrap import Readers, open_queries, system_clock
+from app.bootstrap.metrics import Metrics, RequestTimer
 from app.domain.events import JOB_ID_PATTERN, MAX_PAYLOAD_BYTES
 from app.entrypoints.api_audit import audits
 from app.entrypoints.api_auth import Tokens, install_tokens, load_tokens, require_reader
-from app.entrypoints.api_cli import row_json
+from app.entrypoints.api_context import ApiContext
 from app.entrypoints.api_edge import (
     READ_ERRORS,
     ApiError,
@@ -37,21 +35,24 @@ from app.entrypoints.api_edge import (
 )
 from app.entrypoints.api_models import HealthOut, HistoryEntryOut, StatsOut
 from app.entrypoints.api_operators import RabbitActions, operators
-from app.entrypoints.cli import flat_event
 from app.entrypoints.dashboard import install_dashboard
-from app.entrypoints.metrics import Metrics, RequestTimer
-from app.ports import Clock, JobRow, StoreUnavailable
+from app.entrypoints.shapes import flat_event, row_json
+from app.ports import (
+    ActionPublisher,
+    Clock,
+    Instant,
+    JobFilter,
+    JobQueries,
+    JobRow,
+    StoreUnavailable,
+)
 from app.services import queries as use_cases
 from app.services.health import Health
-from app.services.operations import ActionPublisher
 from app.services.queries import (
     DEFAULT_STATS_MINUTES,
     MAX_CURSOR_LENGTH,
     MAX_PAGE_SIZE,
     MAX_STATS_MINUTES,
-    Instant,
-    JobFilter,
-    JobQueries,
     Stats,
 )
 from app.settings import Settings
@@ -76,17 +77,6 @@ class JobPageOut(BaseModel):
 
     items: list[JobRow]
     next_cursor: str | None
-
-
-@dataclass
-class ApiContext:
-    """What the routes read from."""
-
-    readers: Readers
-    queries: JobQueries
-    health: Health | None
-    metrics: Metrics
-    clock: Clock
 
 
 # Dependencies are coroutines: FastAPI would run plain functions in a worker thread.
@@ -255,9 +245,9 @@ def create_api(
     """The API app. Without ``queries`` it opens its own on ``settings.sql_url`` (closed at
     shutdown); without ``tokens`` it reads them from the environment (ValueError if invalid)."""
     tokens = tokens if tokens is not None else load_tokens()
-    owned = SqlJobQueries(settings.sql_url) if queries is None else None
+    owned = open_queries(settings) if queries is None else None
     reader = queries if queries is not None else cast(JobQueries, owned)
-    context = ApiContext(readers, reader, health, metrics or Metrics(), clock or SystemClock())
+    context = ApiContext(readers, reader, health, metrics or Metrics(), clock or system_clock())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -14,11 +14,12 @@ from app.domain.state import JobStatus
 from app.entrypoints.api_auth import require_reader
 from app.entrypoints.api_edge import READ_ERRORS, ApiError, EdgeRoute, errors
 from app.entrypoints.api_models import FleetOut, VerifyOut
+from app.ports import Instant
 from app.services.fleet import FleetKey, decode_fleet_cursor, encode_fleet_cursor, fleet_page
-from app.services.queries import MAX_CURSOR_LENGTH, Instant
+from app.services.queries import MAX_CURSOR_LENGTH
 
 if TYPE_CHECKING:
-    from app.entrypoints.api import ApiContext
+    from app.entrypoints.api_context import ApiContext
 
 audits = APIRouter(
     dependencies=[Depends(require_reader)],

@@ -1,7 +1,7 @@
 """``jobtrail api`` (serve the HTTP API) and ``jobtrail jobs`` (list jobs, with the API's filters).
 
-``serve_api`` is also how ``jobtrail serve`` runs the API next to the tracker, in the same event
-loop: uvicorn is started on a socket bound here and leaves signal handling to its host.
+The server itself (uvicorn, FastAPI) is in app/entrypoints/api_server.py, imported only by the
+commands that serve.
 """
 
 from __future__ import annotations
@@ -10,99 +10,24 @@ import asyncio
 import json
 import logging
 import signal
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from pydantic import ValidationError
 
-from app.adapters.sql_queries import SqlJobQueries
-from app.bootstrap import Readers, open_readers
+from app.bootstrap import open_queries, open_readers
+from app.bootstrap.metrics import Metrics
 from app.entrypoints import logs
-from app.entrypoints.api_auth import Tokens, load_tokens
 from app.entrypoints.cli_common import JsonOpt, app, fail, load_settings, run
-from app.entrypoints.metrics import Metrics
-from app.ports import JobRow
-from app.services.health import Health
-from app.services.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobFilter, JobPage, list_jobs
+from app.entrypoints.shapes import row_json
+from app.ports import JobFilter
+from app.services.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobPage, list_jobs
 from app.settings import Settings
 
 log = logging.getLogger("jobtrail.api")
 
-SHUTDOWN_GRACE_SECONDS = 10
 TABLE_COLUMNS = ("updated_at", "job_id", "status", "attempt", "queue", "pool", "tenant", "model")
 MAX_CELL = 40
-
-
-def row_json(row: JobRow) -> dict[str, Any]:
-    """A job row as JSON: ISO-8601 instants, nulls kept (the API's and ``jobs --json``'s shape)."""
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(row).items()}
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves SIGTERM / SIGINT to the process hosting it."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: any free one); ValueError if impossible."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server((host, port), family=family, backlog=2048)
-        # Accepted sockets inherit this. Without it a kept-alive connection's responses wait for
-        # delayed ACKs (~40 ms each): asyncio sets TCP_NODELAY only on sockets it creates itself.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    except OSError as exc:
-        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-
-
-async def serve_api(
-    settings: Settings,
-    readers: Readers,
-    health: Health | None,
-    metrics: Metrics,
-    stop: asyncio.Event,
-    *,
-    tokens: Tokens | None = None,
-    sock: socket.socket | None = None,
-) -> None:
-    """Serve the API in this event loop until ``stop`` is set, then close ``sock``.
-
-    ``sock`` (from ``listen``) defaults to one on JOBTRAIL_HTTP_HOST:PORT. Raises ValueError,
-    before serving, for invalid tokens or an address it cannot listen on.
-    """
-    from app.entrypoints.api import create_api  # FastAPI is loaded only by commands that serve
-
-    api = create_api(settings, readers, health=health, metrics=metrics, tokens=tokens)
-    if sock is None:
-        sock = listen(settings.http_host, settings.http_port)
-    server = _EmbeddedServer(
-        uvicorn.Config(
-            api, log_config=None, access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS
-        )
-    )
-    serving = asyncio.create_task(server.serve(sockets=[sock]), name="jobtrail-api")
-    stopping = asyncio.create_task(stop.wait(), name="jobtrail-api-stop")
-    # The socket already listens: connections made from now on wait in its backlog.
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    log.info("jobtrail api listening", extra={"url": f"http://{shown}:{port}"})
-    try:
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        server.should_exit = True
-        await serving
-        sock.close()
 
 
 @app.command()
@@ -113,6 +38,8 @@ def api() -> None:
 
 
 async def _api(settings: Settings) -> int:
+    from app.entrypoints.api_auth import load_tokens  # FastAPI and uvicorn: only when serving
+    from app.entrypoints.api_server import serve_api
     from app.entrypoints.doctor_cli import refuse_to_start
 
     tokens = load_tokens()
@@ -184,7 +111,7 @@ def parse_filters(values: dict[str, str]) -> JobFilter:
 async def _jobs(
     settings: Settings, filters: JobFilter, limit: int, cursor: str | None, as_json: bool
 ) -> int:
-    queries = SqlJobQueries(settings.sql_url)
+    queries = open_queries(settings)
     try:
         page = await list_jobs(queries, filters, limit=limit, cursor=cursor)
     finally:

@@ -30,8 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from app.entrypoints.api_auth import bearer, require_operator, require_reader
-from app.ports import PublishFailed, StoreUnavailable
-from app.services.queries import InvalidQuery
+from app.ports import InvalidQuery, PublishFailed, StoreUnavailable
 
 log = logging.getLogger("jobtrail.api")
 

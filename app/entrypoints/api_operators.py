@@ -14,9 +14,8 @@ from app.domain.events import JOB_ID_PATTERN, DeadLetterReason, JobEvent, Name, 
 from app.entrypoints.api_auth import require_operator
 from app.entrypoints.api_edge import OPERATOR_ERRORS, ApiError, EdgeRoute, errors
 from app.entrypoints.api_models import CancelOut, RedriveOut
-from app.ports import PublishFailed
+from app.ports import ActionPublisher, Instant, PublishFailed
 from app.services.operations import (
-    ActionPublisher,
     InvalidAction,
     RedriveSelection,
     cancel_event,
@@ -24,10 +23,9 @@ from app.services.operations import (
     publish_all,
     redrive_event,
 )
-from app.services.queries import Instant
 
 if TYPE_CHECKING:
-    from app.entrypoints.api import ApiContext
+    from app.entrypoints.api_context import ApiContext
 
 operators = APIRouter(
     dependencies=[Depends(require_operator)],

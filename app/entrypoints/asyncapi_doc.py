@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from app.adapters import rabbit
 from app.domain.events import EVENT_TYPES, JobType, Priority
 from app.domain.policy import Policy
 from app.entrypoints.asyncapi_schemas import ROUTING_KEY_RULE, messages, schemas
+from app.ports import topology
 
 TITLE = "Jobtrail event contract"
 VERSION = "1"
@@ -82,9 +82,9 @@ def _channels(vhost: str, partitions: int, priorities: dict[str, Any]) -> dict[s
         f"event.{t}": _channel(
             f"job.{t}",
             f"`{t}` events, published persistent to the topic exchange "
-            f"`{rabbit.EVENTS_EXCHANGE}` with routing key `job.{t}`. {ROUTING_KEY_RULE}",
+            f"`{topology.EVENTS_EXCHANGE}` with routing key `job.{t}`. {ROUTING_KEY_RULE}",
             [f"event.{t}"],
-            _exchange(rabbit.EVENTS_EXCHANGE, "topic", vhost),
+            _exchange(topology.EVENTS_EXCHANGE, "topic", vhost),
         )
         for t in EVENT_TYPES
     }
@@ -93,8 +93,8 @@ def _channels(vhost: str, partitions: int, priorities: dict[str, Any]) -> dict[s
         "The trackers' input: jobtrail.events routes job.# through jobtrail.intake (fanout) "
         "and jobtrail.ring (consistent hash on x-jobtrail-job-id) to these quorum queues, "
         "single active consumer each; after x-delivery-limit "
-        f"{rabbit.TRACKER_DELIVERY_LIMIT} deliveries RabbitMQ moves an event to "
-        f"{rabbit.QUARANTINE_QUEUE}.",
+        f"{topology.TRACKER_DELIVERY_LIMIT} deliveries RabbitMQ moves an event to "
+        f"{topology.QUARANTINE_QUEUE}.",
         events,
         _queue("jobtrail.tracker.{partition}", vhost),
     )
@@ -120,35 +120,35 @@ def _channels(vhost: str, partitions: int, priorities: dict[str, Any]) -> dict[s
     return channels | {
         "partition": partition,
         "unrouted": _channel(
-            rabbit.UNROUTED_QUEUE,
+            topology.UNROUTED_QUEUE,
             "Events published while the ring is not built (after a broker start): the "
             "alternate exchange of jobtrail.intake feeds this quorum queue; the tracker that "
             "rebuilds the ring records them, in order.",
             events,
-            _queue(rabbit.UNROUTED_QUEUE, vhost),
+            _queue(topology.UNROUTED_QUEUE, vhost),
         ),
         "work": work,
         "dead": _channel(
-            rabbit.DEAD_QUEUE, "Dead-lettered jobs, parked with their reason.", ["deadJob"],
-            _queue(rabbit.DEAD_QUEUE, vhost),
+            topology.DEAD_QUEUE, "Dead-lettered jobs, parked with their reason.", ["deadJob"],
+            _queue(topology.DEAD_QUEUE, vhost),
         ),
         "quarantine": _channel(
-            rabbit.QUARANTINE_QUEUE,
+            topology.QUARANTINE_QUEUE,
             "Input the tracker cannot accept (not UTF-8, not JSON, not a valid event, refused by "
             "the store, a broker dead-letter it cannot read) and poison events.",
             ["quarantined", "poisonEvent"],
-            _queue(rabbit.QUARANTINE_QUEUE, vhost),
+            _queue(topology.QUARANTINE_QUEUE, vhost),
         ),
         "brokerDlx": _channel(
             None,
             "The dead-letter exchange of every work queue (fanout; the routing key is the "
             "work queue's).",
             ["brokerDeadJob"],
-            _exchange(rabbit.BROKER_DLX, "fanout", vhost),
+            _exchange(topology.BROKER_DLX, "fanout", vhost),
         ),
         "brokerDead": _channel(
-            rabbit.BROKER_DEAD_QUEUE, "Bound to jobtrail.broker-dlx: Jobtrail consumes it.",
-            ["brokerDeadJob"], _queue(rabbit.BROKER_DEAD_QUEUE, vhost),
+            topology.BROKER_DEAD_QUEUE, "Bound to jobtrail.broker-dlx: Jobtrail consumes it.",
+            ["brokerDeadJob"], _queue(topology.BROKER_DEAD_QUEUE, vhost),
         ),
     }  # fmt: skip
 

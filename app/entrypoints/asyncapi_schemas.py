@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic.json_schema import models_json_schema
 
-from app.adapters import rabbit
 from app.domain.events import (
     JOB_ID_PATTERN,
     Cancelled,
@@ -34,6 +33,7 @@ from app.domain.events import (
     Submitted,
     Text,
 )
+from app.ports import topology
 
 EVENT_MODELS: tuple[type[EventBase], ...] = (
     Submitted, Reserved, Heartbeat, Completed, Failed, Expired,
@@ -89,21 +89,21 @@ _X_DEATH = {"type": "array", "items": {"type": "object"}, "description": "Rabbit
 HEADERS: dict[str, dict[str, Any]] = {
     "EventHeaders": {
         "type": "object",
-        "properties": {rabbit.JOB_ID_HEADER: _JOB_ID},
+        "properties": {topology.JOB_ID_HEADER: _JOB_ID},
         "description": "Set it: the partition is chosen by it. An event without it is re-published "
         "once by the tracker with it (same body, same routing key job.<type>).",
     },
     "CloudJobHeaders": {
         "type": "object",
-        "required": ["x-jobtrail-attempt", rabbit.JOB_ID_HEADER],
-        "properties": {"x-jobtrail-attempt": _ATTEMPT, rabbit.JOB_ID_HEADER: _JOB_ID},
+        "required": ["x-jobtrail-attempt", topology.JOB_ID_HEADER],
+        "properties": {"x-jobtrail-attempt": _ATTEMPT, topology.JOB_ID_HEADER: _JOB_ID},
     },
     "RepublishedJobHeaders": {
         "type": "object",
-        "required": ["x-jobtrail-attempt", rabbit.JOB_ID_HEADER, "x-jobtrail-event-id"],
+        "required": ["x-jobtrail-attempt", topology.JOB_ID_HEADER, "x-jobtrail-event-id"],
         "properties": {
             "x-jobtrail-attempt": _ATTEMPT,
-            rabbit.JOB_ID_HEADER: _JOB_ID,
+            topology.JOB_ID_HEADER: _JOB_ID,
             "x-jobtrail-event-id": _EVENT_ID,
         },
     },
@@ -111,22 +111,22 @@ HEADERS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": [
             "x-jobtrail-attempt",
-            rabbit.JOB_ID_HEADER,
+            topology.JOB_ID_HEADER,
             "x-jobtrail-event-id",
-            rabbit.REASON_HEADER,
+            topology.REASON_HEADER,
         ],
         "properties": {
             "x-jobtrail-attempt": _ATTEMPT,
-            rabbit.JOB_ID_HEADER: _JOB_ID,
+            topology.JOB_ID_HEADER: _JOB_ID,
             "x-jobtrail-event-id": _EVENT_ID,
-            rabbit.REASON_HEADER: {"enum": [r.value for r in DeadLetterReason]},
+            topology.REASON_HEADER: {"enum": [r.value for r in DeadLetterReason]},
         },
     },
     "QuarantineHeaders": {
         "type": "object",
-        "required": [rabbit.REASON_HEADER],
+        "required": [topology.REASON_HEADER],
         "properties": {
-            rabbit.REASON_HEADER: _string(
+            topology.REASON_HEADER: _string(
                 "why: `<kind>: <detail>`, e.g. `invalid_json: ...`", minLength=1, maxLength=1000
             )
         },

@@ -13,9 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.adapters.anchor_store import AnchorBackend, open_anchor_store
-from app.adapters.clock import SystemClock
-from app.bootstrap import Readers, open_readers
+from app.bootstrap import Readers, open_anchors, open_readers, system_clock
 from app.domain.chain import ChainBreak
 from app.domain.merkle import Anchor, EntryRef
 from app.domain.state import JobStatus
@@ -28,7 +26,7 @@ from app.entrypoints.cli_common import (
     run,
     with_readers,
 )
-from app.ports import JobRow
+from app.ports import AnchorBackend, JobRow
 from app.services.audit import (
     AnchorCheck,
     AnchorStatus,
@@ -242,7 +240,7 @@ async def _with_anchors(
     """Open the log (as readers) and the anchor store beside it, run ``work``, close both."""
     readers = open_readers(settings)
     try:
-        anchors = open_anchor_store(settings.log_url)
+        anchors = open_anchors(settings)
         try:
             return await work(readers, anchors)
         finally:
@@ -263,7 +261,7 @@ DayOpt = Annotated[
 def anchor(day: DayOpt = None, as_json: JsonOpt = False) -> None:
     """Compute a day's Merkle root over the log, store it (once) and print it."""
     settings = load_settings()
-    clock = SystemClock()
+    clock = system_clock()
 
     async def work(readers: Readers, anchors: AnchorBackend) -> int:
         wanted = day or default_anchor_day(clock)
@@ -324,7 +322,7 @@ SinceDayOpt = Annotated[
 def verify_anchors_command(since: SinceDayOpt = None, as_json: JsonOpt = False) -> None:
     """Recompute every anchored day from the log; exit 1 naming each day that changed."""
     settings = load_settings()
-    clock = SystemClock()
+    clock = system_clock()
 
     async def work(readers: Readers, anchors: AnchorBackend) -> int:
         with progress_bar("checking days") as progress:

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.bench.runner import BenchOptions, Figure, _num, markdown_rows, results_json, run_bench
+from app.bench.runner import BenchOptions, Figure, _num, markdown_rows, results_json
+from app.entrypoints.bench_api import run_bench
 from app.entrypoints.cli_common import app, fail, load_settings
 
 DEFAULT_SECANTUS = Path(".venv-secantus/bin/secantusd-py")

@@ -12,12 +12,14 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from app.bootstrap import Readers, build_tracking, prepare_storage
-from app.domain.chain import RecordedEvent, StoredEvent, verify_chain
+from app.bootstrap.hosting import listen
+from app.bootstrap.metrics import Metrics
+from app.domain.chain import StoredEvent, verify_chain
 from app.entrypoints import (  # noqa: F401 - these modules register their commands
     analysis_cli,
     api_cli,
@@ -29,7 +31,6 @@ from app.entrypoints import (  # noqa: F401 - these modules register their comma
     logs,
     operator_cli,
 )
-from app.entrypoints.api_cli import listen, serve_api
 from app.entrypoints.audit_cli import AsOfOpt, print_row, progress_bar
 from app.entrypoints.cli_common import (
     USAGE_ERROR,
@@ -41,7 +42,7 @@ from app.entrypoints.cli_common import (
     run,
     with_readers,
 )
-from app.entrypoints.metrics import Metrics
+from app.entrypoints.shapes import flat_event
 from app.entrypoints.supervisor import MAX_WORKERS, serve_with_workers
 from app.services.audit import job_row_as_of
 from app.services.projection import job_row
@@ -91,7 +92,9 @@ async def _prepare_serve(settings: Settings) -> socket.socket:
 
 async def _serve(settings: Settings, sock: socket.socket | None = None) -> int:
     """One tracker until SIGTERM; a worker of ``--workers N`` gets the supervisor's ``sock``."""
-    from app.entrypoints.worker import create_app
+    # FastStream, FastAPI and uvicorn are loaded here, by the one command that runs them.
+    from app.bootstrap.worker import create_app
+    from app.entrypoints.api_server import serve_api
 
     if sock is None:
         sock = await _prepare_serve(settings)
@@ -173,18 +176,6 @@ def history(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     """Print every recorded event of a job, in seq order."""
     settings = load_settings()
     run(lambda: with_readers(settings, lambda r: _history(r, job_id, as_json)))
-
-
-def flat_event(recorded: RecordedEvent) -> dict[str, Any]:
-    """One history entry as a flat JSON object: log fields, then the event's own fields."""
-    entry: dict[str, Any] = {
-        "seq": recorded.seq,
-        "recorded_at": recorded.recorded_at.isoformat(),
-        "hash": recorded.hash,
-        "prev_hash": recorded.prev_hash,
-    }
-    entry |= recorded.event.model_dump(mode="json")
-    return entry
 
 
 async def _history(readers: Readers, job_id: str, as_json: bool) -> int:

@@ -19,18 +19,18 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.adapters.rabbit_management import ManagementUnavailable, RabbitManagement
+from app.bootstrap.management import ManagementUnavailable, RabbitManagement
 from app.domain.state import JobStatus
 from app.entrypoints.api_auth import require_reader
 from app.entrypoints.api_edge import READ_ERRORS, EdgeRoute, answers, errors
 from app.entrypoints.api_models import DashboardDataOut
 from app.entrypoints.dashboard_page import page_html, page_script, page_style
-from app.ports import JobRow
-from app.services.queries import JobFilter, JobQueries, list_jobs
+from app.ports import JobFilter, JobQueries, JobRow
+from app.services.queries import list_jobs
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.entrypoints.api import ApiContext
+    from app.entrypoints.api_context import ApiContext
 
 log = logging.getLogger("jobtrail.dashboard")
 

@@ -6,13 +6,17 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 from typing import Annotated
 
 import typer
 
+from app.bootstrap import Readers
+from app.bootstrap.metrics import Metrics
 from app.demo.runner import Summary, run_demo
 from app.demo.scenario import DemoConfig
 from app.entrypoints.cli_common import JsonOpt, app, fail, load_settings, run
+from app.services.health import Health
 from app.settings import Settings
 
 
@@ -64,12 +68,28 @@ async def _demo(settings: Settings, config: DemoConfig, port: int | None, as_jso
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
     try:
-        summary = await run_demo(settings, config, stop, say, port)
+        summary = await run_demo(settings, config, stop, say, port, serve=_serve_api)
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
     _print(summary, as_json)
     return 0
+
+
+async def _serve_api(
+    settings: Settings,
+    readers: Readers,
+    health: Health | None,
+    metrics: Metrics,
+    stop: asyncio.Event,
+    /,
+    *,
+    sock: socket.socket,
+) -> None:
+    """The API beside the demo's tracker, as ``jobtrail serve`` runs it."""
+    from app.entrypoints.api_server import serve_api  # FastAPI and uvicorn: only when serving
+
+    await serve_api(settings, readers, health, metrics, stop, sock=sock)
 
 
 def _print(summary: Summary, as_json: bool) -> None:

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from app.adapters.sql_queries import SqlJobQueries
-from app.bootstrap import open_readers
+from app.bootstrap import open_queries, open_readers
 from app.client import JobtrailClient
 from app.domain.events import DeadLetterReason
 from app.entrypoints.cli_common import JobIdArg, app, fail, load_settings, run
@@ -77,7 +76,7 @@ def redrive(
 async def _redrive(
     settings: Settings, selection: RedriveSelection, actor: str, dry_run: bool
 ) -> int:
-    queries = SqlJobQueries(settings.sql_url)
+    queries = open_queries(settings)
     try:
         rows = await dead_letters(queries, selection)
     finally:

@@ -8,16 +8,15 @@ what the log recorded, whatever the projections say. Instants are compared with 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from typing import Protocol
 
 from app.domain.chain import ChainBreak, verify_chain
-from app.domain.merkle import Anchor, DayDigester, Leaf, anchor_changes, day_bounds
+from app.domain.merkle import Anchor, DayDigester, anchor_changes, day_bounds
 from app.domain.policy import Policy
-from app.ports import Clock, EventLog, JobRow
+from app.ports import AnchorStore, Clock, EventLog, JobRow, RecordedRange
 from app.services.fleet import (
     CorruptEntry,
     FleetGroup,
@@ -44,30 +43,6 @@ ANCHOR_GRACE = timedelta(minutes=10)
 
 OnProgress = Callable[[int, int], None]
 """Called with (done, total) as a long check advances."""
-
-
-class RecordedRange(Protocol):
-    """Reads log entries by the time they were recorded (an index the per-job port lacks)."""
-
-    def scan_recorded(self, since: datetime, until: datetime) -> AsyncIterator[Leaf]:
-        """Entries with since <= recorded_at < until, ordered by (recorded_at, job_id, seq)."""
-        ...
-
-
-class AnchorStore(Protocol):
-    """Insert-only storage of daily anchors, next to the log they digest."""
-
-    async def ensure_schema(self) -> None:
-        """Create the anchors collection / table and its unique day key if missing."""
-        ...
-
-    async def add(self, anchor: Anchor) -> Anchor | None:
-        """Store ``anchor``; None if stored, else the anchor already stored for its day (kept)."""
-        ...
-
-    async def list_anchors(self, since: date | None = None) -> list[Anchor]:
-        """Stored anchors (from ``since`` on), by day; none if nothing was ever anchored."""
-        ...
 
 
 def parse_instant(text: str) -> datetime:

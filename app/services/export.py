@@ -12,17 +12,8 @@ from dataclasses import dataclass, fields
 
 from app.domain.chain import RecordedEvent
 from app.domain.events import JobEvent
-from app.ports import EventLog, JobRow
+from app.ports import Column, EventLog, JobRow
 from app.services.analysis import Window
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """One exported column: its name and kind (str, int, float, bool, time or json)."""
-
-    name: str
-    kind: str
-
 
 _LOG_COLUMNS = (
     Column("seq", "int"),

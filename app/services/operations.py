@@ -12,12 +12,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from app.domain.events import Cancelled, DeadLetterReason, JobEvent, Redriven
 from app.domain.state import TERMINAL, JobStatus
-from app.ports import JobRow
-from app.services.queries import JobFilter, JobQueries, list_jobs
+from app.ports import ActionPublisher, JobFilter, JobQueries, JobRow
+from app.services.queries import list_jobs
 
 ACTIONS_NAMESPACE = uuid.UUID("5b7e6f0c-6f0e-4d8a-9d3e-3f1b7a2c9e44")
 OPERATOR_SOURCE = "operator"
@@ -26,12 +25,6 @@ PAGE = 500
 
 class InvalidAction(ValueError):
     """An action that cannot apply to the job in its current state."""
-
-
-class ActionPublisher(Protocol):
-    async def publish(self, event: JobEvent) -> None:
-        """Publish an event for the tracker to record (confirmed by the broker)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """The read side for the Cloud: filtered job lists with keyset cursors, stats and as-of state.
 
-Pure of drivers: the ``JobQueries`` port is implemented by the SQL adapter (and a scanning fake
-for tests); the use cases here validate filters, encode cursors and shape the answers. Filter
-values are plain data all the way down: adapters bind them as parameters, never as query text.
+Pure of drivers: the ``JobQueries`` port (app/ports/queries.py, with the filters it takes) is
+implemented by the SQL adapter (and a scanning fake for tests); the use cases here encode
+cursors and shape the answers.
 """
 
 from __future__ import annotations
@@ -14,24 +14,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Protocol
 
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    TypeAdapter,
-    model_validator,
-)
-
-from app.domain.events import JOB_ID_PATTERN, JobType, Priority
+from app.domain.events import JOB_ID_PATTERN
 from app.domain.policy import Policy
-from app.domain.state import JobStatus
 from app.ports import EventLog, JobRow
+from app.ports.queries import (
+    EndedCount,
+    InvalidQuery,
+    JobFilter,
+    JobQueries,
+    PageKey,
+    as_utc,
+    parse_instant,
+)
 from app.services.projection import job_row
 from app.services.tracking import fold_history
 
@@ -46,98 +41,8 @@ NO_STATUS = "unknown"
 """The status key counting jobs whose submission was never seen."""
 
 
-class InvalidQuery(ValueError):
-    """A query parameter that cannot be answered (the API's 422, the CLI's usage error)."""
-
-
 class InvalidCursor(InvalidQuery):
     """A page cursor that this service did not hand out (or that was altered)."""
-
-
-def _utc(value: datetime) -> datetime:
-    try:
-        return value.astimezone(UTC)
-    except OverflowError as exc:
-        raise ValueError("instant is out of range once converted to UTC") from exc
-
-
-_ISO_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
-
-
-def _iso_text(value: object) -> object:
-    # Pydantic would also read "0" or "1e9" as Unix timestamps: accept ISO-8601 text only.
-    if isinstance(value, str) and not _ISO_INSTANT.match(value):
-        raise ValueError("expected an ISO-8601 instant with an offset, e.g. 2026-11-27T14:02:00Z")
-    return value
-
-
-Instant = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_utc)]
-"""A timezone-aware ISO-8601 instant, normalised to UTC (naive, numeric or out-of-range values
-are refused). Every instant the API or the CLI takes (filters, ``as_of``, ``at``, ``since``, page
-cursors) is read by this one type, so they all refuse the same things, such as
-``0001-01-01T00:00+05:00`` (no UTC form)."""
-_INSTANT: TypeAdapter[datetime] = TypeAdapter(Instant)
-
-
-def parse_instant(text: str) -> datetime:
-    """``text`` as an ``Instant`` in UTC; raises ValueError for anything ``Instant`` refuses."""
-    return _INSTANT.validate_python(text)
-
-
-# Stored names never hold NUL (PostgreSQL cannot store it), so refusing it loses no match.
-FilterText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
-
-
-class JobFilter(BaseModel):
-    """Which jobs to list: every field is optional and they combine with AND."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    status: JobStatus | None = Field(default=None, description="Current status.")
-    queue: FilterText | None = Field(default=None, description="Current work queue.")
-    pool: FilterText | None = Field(default=None, description="Current pool.")
-    tenant: FilterText | None = Field(default=None, description="Tenant of the job.")
-    model: FilterText | None = Field(default=None, description="Model the job runs.")
-    priority: Priority | None = Field(default=None, description="Priority class.")
-    job_type: JobType | None = Field(default=None, description="Job type.")
-    updated_since: Instant | None = Field(
-        default=None, description="Last change at or after this instant (ISO-8601 with offset)."
-    )
-    updated_until: Instant | None = Field(
-        default=None, description="Last change strictly before this instant (ISO-8601 with offset)."
-    )
-    error_code: FilterText | None = Field(default=None, description="Last error code.")
-    node_id: FilterText | None = Field(default=None, description="Node of the current attempt.")
-
-    @model_validator(mode="after")
-    def _range_is_ordered(self) -> JobFilter:
-        since, until = self.updated_since, self.updated_until
-        if since is not None and until is not None and since >= until:
-            raise ValueError("updated_since must be before updated_until")
-        return self
-
-    def equalities(self) -> dict[str, str]:
-        """The exact-match filters that are set, by JobRow field name, as plain strings."""
-        values = {
-            "status": self.status,
-            "queue": self.queue,
-            "pool": self.pool,
-            "tenant": self.tenant,
-            "model": self.model,
-            "priority": self.priority,
-            "job_type": self.job_type,
-            "last_error_code": self.error_code,
-            "node_id": self.node_id,
-        }
-        return {name: str(value) for name, value in values.items() if value is not None}
-
-
-@dataclass(frozen=True, slots=True)
-class PageKey:
-    """Where a page ends in the (updated_at desc, job_id desc) order."""
-
-    updated_at: datetime
-    job_id: str
 
 
 def encode_cursor(key: PageKey) -> str:
@@ -171,51 +76,6 @@ class JobPage:
     next_cursor: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class GroupCount:
-    """How many jobs share a (queue, status)."""
-
-    queue: str | None
-    status: str | None
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class EndedCount:
-    """How many attempts ended with ``outcome`` during the minute starting at ``minute``."""
-
-    minute: datetime
-    outcome: str
-    count: int
-
-
-class JobQueries(Protocol):
-    """Read queries over the projections (jobs and attempts tables)."""
-
-    async def list_jobs(
-        self, filters: JobFilter, *, limit: int, after: PageKey | None
-    ) -> list[JobRow]:
-        """Up to ``limit`` matching rows after ``after``, by updated_at desc then job_id desc.
-
-        Rows without ``updated_at`` (never written by the tracker) are not listed.
-        """
-        ...
-
-    async def count_jobs(self) -> list[GroupCount]:
-        """Job counts grouped by (queue, status)."""
-        ...
-
-    async def attempts_ended(self, since: datetime, until: datetime) -> list[EndedCount]:
-        """Attempts with ``since <= ended_at < until``, counted per minute and outcome."""
-        ...
-
-    async def ping(self) -> None:
-        """Raise ``StoreUnavailable`` if the store cannot answer a trivial query."""
-        ...
-
-    async def close(self) -> None: ...
-
-
 async def list_jobs(
     queries: JobQueries,
     filters: JobFilter,
@@ -238,7 +98,7 @@ async def list_jobs(
 
 async def job_as_of(log: EventLog, policy: Policy, job_id: str, as_of: datetime) -> JobRow | None:
     """The job's row folded from its events recorded at or before ``as_of`` (None if none)."""
-    events = await log.read_job(job_id, until=_utc(as_of))
+    events = await log.read_job(job_id, until=as_utc(as_of))
     if not events:
         return None
     return job_row(fold_history(events, policy), policy)
@@ -287,7 +147,7 @@ async def job_stats(queries: JobQueries, now: datetime, minutes: int) -> Stats:
     if not 1 <= minutes <= MAX_STATS_MINUTES:
         raise InvalidQuery(f"minutes must be between 1 and {MAX_STATS_MINUTES}")
     groups = await queries.count_jobs()
-    until = _utc(now).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    until = as_utc(now).replace(second=0, microsecond=0) + timedelta(minutes=1)
     since = until - timedelta(minutes=minutes)
     ended = await queries.attempts_ended(since, until)
     by_status: dict[str, int] = {}
@@ -309,7 +169,7 @@ def _per_minute(ended: Sequence[EndedCount], since: datetime, minutes: int) -> l
         for i in range(minutes)
     ]
     for row in ended:
-        index = int((_utc(row.minute) - since) // timedelta(minutes=1))
+        index = int((as_utc(row.minute) - since) // timedelta(minutes=1))
         if 0 <= index < minutes:
             counts = buckets[index].counts
             counts[outcome_kind(row.outcome)] += row.count

@@ -92,7 +92,7 @@ class OutboxRelay:
     publisher: Publisher
     clock: Clock
     owner: str = field(default_factory=lambda: f"relay-{uuid.uuid4().hex}")
-    """Whose claims these are: the tracker's member name (app/bootstrap.py)."""
+    """Whose claims these are: the tracker's member name (app/bootstrap/__init__.py)."""
     lease: float = 30.0
     """Seconds a claim holds its rows (``JOBTRAIL_OUTBOX_LEASE_S``)."""
     batch: int = 500

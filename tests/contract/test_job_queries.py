@@ -22,16 +22,22 @@ from app.adapters.memory_store import InMemoryProjectionStore
 from app.adapters.sql_queries import SqlJobQueries, list_jobs_query
 from app.adapters.sql_schema import make_engine, migrate
 from app.adapters.sql_store import SqlProjectionStore
-from app.ports import AttemptRow, JobRow, ProjectionStore, ProjectionUnavailable, ProjectionUpdate
-from app.services.queries import (
-    MAX_PAGE_SIZE,
+from app.ports import (
+    AttemptRow,
     EndedCount,
     GroupCount,
-    InvalidCursor,
     InvalidQuery,
     JobFilter,
     JobQueries,
+    JobRow,
     PageKey,
+    ProjectionStore,
+    ProjectionUnavailable,
+    ProjectionUpdate,
+)
+from app.services.queries import (
+    MAX_PAGE_SIZE,
+    InvalidCursor,
     decode_cursor,
     encode_cursor,
     job_stats,

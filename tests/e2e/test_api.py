@@ -35,13 +35,13 @@ from app.adapters.memory_store import InMemoryProjectionStore
 from app.adapters.sql_queries import SqlJobQueries
 from app.adapters.sql_schema import migrate
 from app.adapters.sql_store import SqlProjectionStore
-from app.bootstrap import Readers, load_policy
+from app.bootstrap import Readers, hosting, load_policy
+from app.bootstrap.metrics import OTHER, Metrics
 from app.domain.events import Completed, Failed, JobEvent, Reserved, Submitted
-from app.entrypoints import api_cli
+from app.entrypoints import api_cli, api_server, shapes
 from app.entrypoints.api import create_api
 from app.entrypoints.api_auth import Role, Tokens, TokenSettings, load_tokens, require_operator
 from app.entrypoints.cli import app as cli_app
-from app.entrypoints.metrics import OTHER, Metrics
 from app.ports import JobRow
 from app.services.health import Health
 from app.services.tracking import Tracker
@@ -268,7 +268,7 @@ async def test_a_job_is_its_projection_row(backend: Backend, client: httpx.Async
     body = response.json()
     stored = await backend.readers.store.get_job("job-retry")
     assert stored is not None
-    assert body == api_cli.row_json(stored)
+    assert body == shapes.row_json(stored)
     assert (body["status"], body["attempt"], body["last_error_code"]) == ("queued", 2, "oom")
     assert datetime.fromisoformat(body["updated_at"]) == T0 + timedelta(seconds=60)
 
@@ -856,7 +856,7 @@ async def test_serve_api_runs_in_this_loop_until_stopped(
     caplog.set_level(logging.INFO, logger="jobtrail.api")
     stop = asyncio.Event()
     serving = asyncio.create_task(
-        api_cli.serve_api(
+        api_server.serve_api(
             backend.settings, backend.readers, Health(), Metrics(), stop, tokens=Tokens()
         )
     )
@@ -873,11 +873,11 @@ async def test_serve_api_runs_in_this_loop_until_stopped(
 
 
 async def test_serve_api_on_a_socket_bound_beforehand(backend: Backend) -> None:
-    sock = api_cli.listen("127.0.0.1", 0)
+    sock = hosting.listen("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     stop = asyncio.Event()
     serving = asyncio.create_task(
-        api_cli.serve_api(
+        api_server.serve_api(
             backend.settings, backend.readers, None, Metrics(), stop, tokens=Tokens(), sock=sock
         )
     )
@@ -901,11 +901,11 @@ async def listening_url(caplog: pytest.LogCaptureFixture, serving: asyncio.Task[
 
 
 async def test_serve_api_refuses_a_taken_port(backend: Backend) -> None:
-    with api_cli.listen("127.0.0.1", 0) as taken:
+    with hosting.listen("127.0.0.1", 0) as taken:
         port = taken.getsockname()[1]
         settings = backend.settings.model_copy(update={"http_port": port})
         with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
-            await api_cli.serve_api(
+            await api_server.serve_api(
                 settings, backend.readers, None, Metrics(), asyncio.Event(), tokens=Tokens()
             )
 

@@ -30,8 +30,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 import app.entrypoints.audit_cli  # noqa: F401  (registers the auditors' commands)
+from app.adapters.log_entries import chain_entry
 from app.adapters.log_factory import open_event_log
-from app.adapters.memory_log import chain_entry
 from app.adapters.memory_store import InMemoryProjectionStore
 from app.adapters.sql_log import events_table
 from app.bootstrap import load_policy

@@ -18,7 +18,7 @@ from app.adapters import rabbit
 from app.adapters.clock import SystemClock
 from app.adapters.memory_store import InMemoryMembership
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
-from app.entrypoints.worker import partition_queue
+from app.bootstrap.worker import partition_queue
 from app.services.batcher import Batcher, DeliveryAbandoned
 from app.services.health import Health
 from app.services.ingest import Ingestor
@@ -62,7 +62,7 @@ async def test_a_stop_with_the_store_hanging_acks_nothing_and_hands_everything_b
             ack_policy=AckPolicy.MANUAL,
             decoder=_raw,
         )
-        async def handle(raw: Any) -> None:  # what app/entrypoints/worker.py does
+        async def handle(raw: Any) -> None:  # what app/bootstrap/worker.py does
             with ingestor.delivery(index):
                 try:
                     await ingestor.accept(raw.body, partition=index)

@@ -28,11 +28,12 @@ from app.adapters import rabbit
 from app.adapters.log_factory import open_event_log
 from app.adapters.rabbit_acks import BatchAcks
 from app.bootstrap import Tracking, build_tracking, prepare_storage
+from app.bootstrap.hosting import listen
+from app.bootstrap.metrics import Metrics
+from app.bootstrap.worker import create_app
 from app.domain.events import JobEvent
 from app.entrypoints.api_auth import Tokens
-from app.entrypoints.api_cli import listen, serve_api
-from app.entrypoints.metrics import Metrics
-from app.entrypoints.worker import create_app
+from app.entrypoints.api_server import serve_api
 from app.settings import Settings
 from tests.unit.factories import T0, completed, heartbeat, reserved, submitted
 

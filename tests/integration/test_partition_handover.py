@@ -18,7 +18,7 @@ from faststream.rabbit import Channel, RabbitBroker
 
 from app.adapters import rabbit
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
-from app.entrypoints.worker import partition_queue
+from app.bootstrap.worker import partition_queue
 from tests import servers
 
 MESSAGES = 300

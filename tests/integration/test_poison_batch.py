@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.adapters import rabbit
 from app.bootstrap import build_tracking, prepare_storage
-from app.entrypoints.worker import partition_coordinator
+from app.bootstrap.worker import partition_coordinator
 from app.settings import Settings
 from tests import servers
 

@@ -20,7 +20,7 @@ import pytest
 from app.adapters import rabbit
 from app.adapters.rabbit import RabbitPublisher
 from app.bootstrap import build_tracking, prepare_storage
-from app.entrypoints.worker import partition_coordinator
+from app.bootstrap.worker import partition_coordinator
 from app.ports import PublishFailed
 from app.settings import Settings
 from tests.integration.test_poison_batch import _all_acknowledged, _event, _ready, _until

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, update
 
-from app.adapters.memory_log import InMemoryEventLog, chain_entry, entry_fields
+from app.adapters.log_entries import chain_entry, entry_fields
+from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_store import InMemoryProjectionStore
 from app.adapters.sql_log import SqlEventLog, events_table
 from app.adapters.sql_rebuild import SqlRebuildTables

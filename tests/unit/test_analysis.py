@@ -30,22 +30,11 @@ from app.domain.events import Submitted
 from app.domain.machine import fold
 from app.domain.policy import Policy, rules_key
 from app.domain.state import JobSpec
-from app.entrypoints.cli import flat_event
-from app.ports import ProjectionUpdate
+from app.entrypoints.shapes import flat_event
+from app.ports import Column, JobBundle, ProjectionUpdate, Side
 from app.services.analysis import Quantiles, Window, analyze
-from app.services.export import (
-    EVENT_COLUMNS,
-    JOB_COLUMNS,
-    Column,
-    Selection,
-    replay,
-)
-from app.services.rebuild import (
-    JobBundle,
-    RebuildReport,
-    Side,
-    rebuild,
-)
+from app.services.export import EVENT_COLUMNS, JOB_COLUMNS, Selection, replay
+from app.services.rebuild import RebuildReport, rebuild
 from app.services.whatif import whatif
 from tests.unit.factories import TEST_POLICY_TOML, record_all, submitted_events
 from tests.unit.test_whatif import END, LIVE, at, real_history

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from app.adapters.memory_log import DecodedEntries, chain_entry, decode_entry
+from app.adapters.log_entries import DecodedEntries, chain_entry, decode_entry
 from app.bench.workload import lifecycle_events
 from app.domain.chain import StoredEvent
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
+from app.bootstrap.metrics import Metrics
 from app.domain.events import Completed
-from app.entrypoints.metrics import Metrics
 from app.services.batcher import Batcher
 from app.services.health import Health
 from app.services.ingest import Ingestor

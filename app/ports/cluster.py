@@ -1,12 +1,7 @@
-"""The ports of the partition ring and of tracker membership (see app/services/ring.py and
-app/services/partitions.py), beside app/ports.py, which re-exports them.
-"""
+"""Ports of the trackers sharing a deployment: ring barriers, membership, partition consumers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -70,50 +65,4 @@ class PartitionConsumers(Protocol):
 
     def consuming(self) -> set[int]:
         """The partitions subscribed to now."""
-        ...
-
-
-@dataclass(frozen=True)
-class Unrouted:
-    """A message RabbitMQ could not route to a partition (no ring yet), taken off its queue."""
-
-    body: bytes
-    keyed: bool
-    tag: int
-
-
-class RingBroker(Protocol):
-    """The broker side of the partition ring's barrier (see app/services/ring.py).
-
-    Every method raises PublishFailed when the broker cannot be reached.
-    """
-
-    async def ring_exists(self) -> bool: ...
-
-    def leadership(self) -> AbstractAsyncContextManager[bool]:
-        """Hold the broker-wide leader lock for the block if no one else does (yields whether)."""
-        ...
-
-    async def place_markers(self, epoch: str) -> None:
-        """Append a marker of ``epoch`` to every partition queue, confirmed."""
-        ...
-
-    async def build_ring(self) -> None:
-        """Build the ring afresh (same order, same routing) and feed it from the events exchange."""
-        ...
-
-    async def take_unrouted(self, limit: int) -> list[Unrouted]:
-        """The next (up to ``limit``) messages of the unrouted queue, oldest first, unacknowledged.
-
-        A batch may come short; an empty one means the queue is drained. Acknowledge as you go:
-        an adapter may deliver only so many unacknowledged messages.
-        """
-        ...
-
-    async def ack_unrouted(self, messages: Sequence[Unrouted]) -> None:
-        """Acknowledge ``messages`` (taken in this leadership, all of them so far).
-
-        What was taken and not acknowledged when the leadership ends goes back to the queue,
-        in order, for the next leader.
-        """
         ...

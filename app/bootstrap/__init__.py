@@ -1,4 +1,10 @@
-"""The composition root: Settings → adapters → services. Nothing here runs at import time."""
+"""The composition root: Settings → adapters → services. Nothing here runs at import time.
+
+Entrypoints get adapters only from here (import-linter holds it). The package's other modules
+are loaded by the commands that need them: ``worker`` (the FastStream app), ``metrics``
+(Prometheus), ``hosting`` (the API's socket), ``formats`` (export writers and report renderers)
+and ``management`` (RabbitMQ's management API).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from importlib import resources
 
+from app.adapters.anchor_store import open_anchor_store
 from app.adapters.clock import SystemClock
 from app.adapters.log_factory import open_event_log
 from app.adapters.preflight import Check, check_broker, check_mongo, check_sql
@@ -17,10 +24,20 @@ from app.adapters.rabbit import RabbitPublisher
 from app.adapters.rabbit_ring import RabbitRing
 from app.adapters.sql_barriers import SqlBarrierStore
 from app.adapters.sql_members import SqlMembership
+from app.adapters.sql_queries import SqlJobQueries
+from app.adapters.sql_rebuild import PREVIOUS, REBUILT_TABLES, SqlRebuildTables
 from app.adapters.sql_schema import migrate
 from app.adapters.sql_store import SqlProjectionStore
 from app.domain.policy import Policy
-from app.ports import Clock, EventLog, Membership, ProjectionStore
+from app.ports import (
+    AnchorBackend,
+    Clock,
+    EventLog,
+    JobQueries,
+    Membership,
+    ProjectionStore,
+    RebuildTarget,
+)
 from app.services.batcher import Batcher
 from app.services.health import Health
 from app.services.ingest import Ingestor
@@ -66,6 +83,31 @@ def open_readers(settings: Settings) -> Readers:
         SqlProjectionStore(settings.sql_url),
         load_policy(settings),
     )
+
+
+def open_queries(settings: Settings) -> JobQueries:
+    """The job queries over the projections (``jobs``, ``redrive``, the API); close when done."""
+    return SqlJobQueries(settings.sql_url)
+
+
+def system_clock() -> Clock:
+    """The wall clock, timezone-aware UTC."""
+    return SystemClock()
+
+
+def open_anchors(settings: Settings) -> AnchorBackend:
+    """The daily anchors beside the event log (MongoDB or SQL, as the log is)."""
+    return open_anchor_store(settings.log_url)
+
+
+def open_rebuild_target(settings: Settings) -> RebuildTarget:
+    """Fresh projection tables beside the live ones, for ``rebuild``."""
+    return SqlRebuildTables(settings.sql_url)
+
+
+def previous_tables() -> list[str]:
+    """The names a rebuild keeps the swapped-out projection tables under."""
+    return [f"{table.name}{PREVIOUS}" for table in REBUILT_TABLES]
 
 
 async def prepare_storage(settings: Settings) -> None:
@@ -127,7 +169,7 @@ class Tracking:
     member: str
     """This tracker's name among the trackers sharing the partitions (host, pid, random)."""
     coordinator: PartitionCoordinator | None = None
-    """Set by the FastStream app (app/entrypoints/worker.py), which consumes the partitions."""
+    """Set by the FastStream app (app/bootstrap/worker.py), which consumes the partitions."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
