@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from app.backoff import Backoff
 from app.entrypoints import logs
 from app.entrypoints.cli_common import fail, run, run_returning
 from app.settings import Settings
@@ -61,7 +62,7 @@ class RestartPolicy:
             return None
         if early_exits == 0:
             return 0.0
-        return float(min(self.first_delay_s * 2 ** (early_exits - 1), self.max_delay_s))
+        return Backoff(self.first_delay_s, self.max_delay_s).nth(early_exits - 1)
 
 
 def worker_count(settings: Settings, requested: int | None) -> int:
