@@ -193,8 +193,15 @@ class RingKeeper:
             epoch,
             self.takeover_after,
         )
-        self._leading = asyncio.create_task(self.lead(), name="jobtrail-ring-leader")
+        self._leading = asyncio.create_task(self._take_over(epoch), name="jobtrail-ring-leader")
         self._leading.add_done_callback(_log_failure)
+
+    async def _take_over(self, epoch: str) -> bool:
+        """Lead unless ``epoch`` opened meanwhile: another partition's take-over may have just
+        opened it, and leading again would begin a new barrier nobody asked for."""
+        if await self._until_done(partial(self.store.barrier_opened, epoch)):
+            return False
+        return await self.lead()
 
     async def _until_done(self, attempt: Callable[[], Awaitable[T]]) -> T:
         waits = self._retry().waits()
