@@ -62,7 +62,8 @@ class RestartPolicy:
             return None
         if early_exits == 0:
             return 0.0
-        return Backoff(self.first_delay_s, self.max_delay_s).nth(early_exits - 1)
+        first = min(self.first_delay_s, self.max_delay_s)  # a first delay over the cap is the cap
+        return Backoff(first, self.max_delay_s).nth(early_exits - 1)
 
 
 def worker_count(settings: Settings, requested: int | None) -> int:
