@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from app.domain.events import JOB_ID_PATTERN, DeadLetterReason, JobType, Priority
 from app.domain.state import TERMINAL, JobStatus
 from app.entrypoints.api_auth import bearer, require_reader
+from app.entrypoints.api_edge import MAX_ECHO
 from app.entrypoints.api_models import JobsQuery
 from app.entrypoints.dashboard_page import (
     content_policy,
@@ -76,6 +77,9 @@ async def get_job_page(request: Request, job_id: str) -> HTMLResponse:
     locked = await _locked(request, title, _JOB_ROOT)
     if locked is not None:
         return locked
+    if request.query_params:  # as the API's routes: an unknown parameter is refused, not ignored
+        unknown = sorted(request.query_params)[0][:MAX_ECHO]
+        return _problem(422, "Unknown parameter", f"unknown query parameter {unknown!r}", _JOB_ROOT)
     if not re.fullmatch(JOB_ID_PATTERN, job_id):
         shown = job_id[:MAX_SHOWN_ID]
         why = f"{shown!r} is not a job id (1-200 of A-Z a-z 0-9 . _ : -)"

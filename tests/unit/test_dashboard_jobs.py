@@ -197,6 +197,8 @@ async def test_pages_need_the_read_token_and_say_so_without_data(fleet: Fleet) -
 async def test_an_unknown_job_is_a_404_page_and_a_bad_id_a_422_page(fleet: Fleet) -> None:
     missing = await fleet.http.get("/dashboard/jobs/no-such-job", headers=AUTH)
     assert missing.status_code == 404 and "no job &#39;no-such-job&#39; is known" in missing.text
+    odd = await fleet.http.get("/dashboard/jobs/no-such-job?as_of=<i>now</i>", headers=AUTH)
+    assert odd.status_code == 422 and "unknown query parameter &#39;as_of&#39;" in odd.text
     bad = await fleet.http.get("/dashboard/jobs/bad%20id%3Cb%3E", headers=AUTH)
     assert bad.status_code == 422
     assert "&#39;bad id&lt;b&gt;&#39; is not a job id" in bad.text and "<b>" not in bad.text
