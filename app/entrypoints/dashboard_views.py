@@ -28,10 +28,11 @@ from app.domain.events import (
     Retried,
     Submitted,
 )
-from app.domain.state import Anomaly
+from app.domain.machine import evolve
+from app.domain.policy import Policy
+from app.domain.state import Anomaly, JobState
 from app.ports import JobRow
 from app.services.projection import attempt_rows
-from app.services.tracking import fold_history
 
 _STARTS = (Submitted, Retried, Rerouted, Redriven)
 """The events that start an attempt (put the job on a queue)."""
@@ -105,9 +106,22 @@ async def load_job(readers: Readers, job_id: str) -> JobView | None:
         None if broken is None else broken.seq,
         None if broken is None else broken.reason,
     )
-    state = fold_history(events, readers.policy)
-    ended = row.updated_at if state.is_terminal else None
+    state, ended = fold_to_end(job_id, events, readers.policy)
     return JobView(row, ended, attempts(job_id, events), timeline(events), state.anomalies, chain)
+
+
+def fold_to_end(
+    job_id: str, events: Sequence[RecordedEvent], policy: Policy
+) -> tuple[JobState, datetime | None]:
+    """The job's fold (as ``fold_history``) and when it last became terminal, if it is: the
+    instant of that event, not of a later report that changed nothing but the anomalies."""
+    state, ended = JobState(job_id=job_id), None
+    for recorded in events:
+        after = evolve(state, recorded, policy.clock_skew_tolerance)
+        if after.is_terminal and not state.is_terminal:
+            ended = recorded.event.occurred_at
+        state = after
+    return state, (ended if state.is_terminal else None)
 
 
 def attempts(job_id: str, events: Sequence[RecordedEvent]) -> list[AttemptView]:

@@ -21,13 +21,26 @@ from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_queries import InMemoryJobQueries
 from app.adapters.memory_store import InMemoryProjectionStore
 from app.bootstrap import Readers
-from app.domain.events import JobEvent
+from app.domain.events import ExpiryReason, JobEvent
 from app.entrypoints.api import create_api
 from app.entrypoints.api_auth import Tokens
 from app.entrypoints.dashboard_page import job_pages_script, job_pages_style
+from app.entrypoints.dashboard_views import reason
 from app.services.tracking import Tracker
 from app.settings import Settings
-from tests.unit.factories import T0, completed, failed, reserved, small_policy, submitted
+from tests.unit.factories import (
+    T0,
+    cancelled,
+    completed,
+    expired,
+    failed,
+    heartbeat,
+    redriven,
+    reserved,
+    retried,
+    small_policy,
+    submitted,
+)
 
 READER = "unit-reader-token-0123456789"
 OPERATOR = "unit-operator-token-0123456789"
@@ -142,7 +155,10 @@ async def test_the_job_page_shows_header_attempts_timeline_anomalies_and_chain(
     assert (
         "<dd>3 of 4</dd>" in html and "<dd>gpu-b</dd>" in html and "<dd>non_retryable</dd>" in html
     )
-    assert "<dd>2024-01-01 12:00:00.000</dd>" in html  # submitted
+    assert "<dt>submitted (UTC)</dt><dd>2024-01-01 12:00:00.000</dd>" in html
+    [ended] = re.findall(r"<dt>ended \(UTC\)</dt><dd>([^<]+)</dd>", html)
+    [dead] = [row[1] for row in cells(html, "timeline-rows") if row[3] == "dead_lettered"]
+    assert ended == dead, "when it was dead-lettered, not when the late report came"
     attempts = cells(html, "attempt-rows")
     assert attempts[0] == ["1", "gpu-a", "node-a", "1.000 s", "2.000 s", "failed", "oom", HOSTILE]
     assert [a[:3] for a in attempts[1:]] == [["2", "gpu-a", "node-b"], ["3", "gpu-b", "node-b"]]
@@ -280,3 +296,28 @@ async def test_operator_controls_are_in_the_page_and_redrive_one_job_records_the
     queued = (await fleet.http.get("/dashboard/jobs/doomed", headers=AUTH)).text
     assert 'class="status queued">queued<' in queued and 'id="cancel-job"' in queued
     assert "redriven by ops@example to pool gpu-b" in queued
+
+
+@pytest.mark.parametrize(
+    ("event", "words"),
+    [
+        (
+            expired(reason=ExpiryReason.LEASE, detail="no heartbeat"),
+            "the lease ran out (no heartbeat)",
+        ),
+        (expired(reason=ExpiryReason.TTL), "the job's TTL ran out"),
+        (heartbeat(), "heartbeat from node node-a: lease extended"),
+        (cancelled(actor="bob", reason="customer asked"), "cancelled by bob (customer asked)"),
+        (redriven(actor="ann", pool="gpu-b"), "redriven by ann to pool gpu-b"),
+        (reserved(lease_seconds=90), "reserved by node node-a, lease 90 s"),
+        (completed(duration_ms=120), "completed on node node-a in 120 ms"),
+    ],
+)
+def test_each_event_says_why_in_words(event: JobEvent, words: str) -> None:
+    assert reason(event) == words
+
+
+def test_a_retry_names_the_cooldown_it_waited() -> None:
+    retry = retried(at=T0 + timedelta(seconds=7.5), pool="gpu-a")
+    assert reason(retry, T0) == "retry as attempt 2 on pool gpu-a after a cooldown of 7.500 s"
+    assert reason(retry) == "retry as attempt 2 on pool gpu-a"
