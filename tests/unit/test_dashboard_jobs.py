@@ -257,6 +257,8 @@ async def test_search_filters_and_pages_with_the_api_cursor(fleet: Fleet) -> Non
     while link:
         page = await fleet.http.get("/dashboard/jobs" + link, headers=AUTH)
         assert page.status_code == 200
+        first = '<a id="first-page" href="?pool=cpu&amp;limit=2&amp;status=queued">'
+        assert (first in page.text) == ("cursor=" in link)
         seen += [row[0] for row in cells(page.text, "job-rows")]
         found = re.search(r'<a id="next-page" href="([^"]+)">', page.text)
         link = unescape(found.group(1)) if found else ""
