@@ -39,14 +39,12 @@ def load_plugins(names: Iterable[str]) -> dict[str, LoadedPlugin]:
     return loaded
 
 
-def build_router(policy: Policy, only: str | None = None) -> Router | None:
-    """A router for the plugins the policy names (or just ``only``); None if there are none."""
+def build_router(
+    policy: Policy, only: str | None = None, fleet: FleetWindow | None = None
+) -> Router | None:
+    """A router for the plugins the policy names, or asking just ``only`` about every job;
+    None if there are none. ``fleet`` (default: an empty live window) is what they are shown."""
     names = {only} if only is not None else policy.routing_plugins()
     if not names:
         return None
-    return Router(load_plugins(names), only=only)
-
-
-def replay_router(only: str, fleet: FleetWindow) -> Router:
-    """A router asking ``only`` about every job, over a fleet made of recorded history."""
-    return Router(load_plugins([only]), fleet=fleet, only=only)
+    return Router(load_plugins(names), fleet=fleet or FleetWindow(), only=only)

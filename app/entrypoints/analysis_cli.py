@@ -25,7 +25,7 @@ from rich.progress import (
 
 from app.bootstrap import Readers, open_rebuild_target, previous_tables
 from app.bootstrap.formats import failure_tables, html_report, open_writer, whatif_tables
-from app.bootstrap.routing import replay_router
+from app.bootstrap.routing import build_router
 from app.domain.chain import RecordedEvent
 from app.domain.events import EVENT_TYPES
 from app.domain.policy import Policy
@@ -263,13 +263,13 @@ def whatif_command(
     name = " + ".join(n for n in (policy and policy.name, routing and f"routing {routing}") if n)
 
     async def work(readers: Readers) -> int:
+        simulated = other or readers.policy
         router = None
-        if routing is not None:
-            router = replay_router(routing, await recorded_fleet(readers.log))
+        if routing is not None or simulated.routing_plugins():
+            fleet = await recorded_fleet(readers.log)
+            router = build_router(simulated, routing, fleet)
         with progress_bar("replaying", await readers.log.count()) as step:
-            report = await whatif(
-                readers.log, readers.policy, other or readers.policy, horizon, step, router
-            )
+            report = await whatif(readers.log, readers.policy, simulated, horizon, step, router)
         if as_json:
             typer.echo(json.dumps(report.as_dict()))
         else:

@@ -16,6 +16,7 @@ import pytest
 
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_store import InMemoryProjectionStore
+from app.bootstrap.routing import build_router
 from app.domain.chain import RecordedEvent
 from app.domain.decide import decide, next_deadline, routing_request
 from app.domain.events import PoolFigures, Rerouted, Retried, RoutingRecord, canonical_json
@@ -273,3 +274,13 @@ async def test_whatif_under_a_plugin_compares_load_per_pool() -> None:
     assert report.jobs_changed == 1
     assert report.examples[0].simulated_decisions == ("rerouted#2:west",)
     assert report.real.as_dict()["mean_completion_seconds"] == 25.0
+
+
+def test_the_policys_plugins_load_from_entry_points_or_fail_in_one_line() -> None:
+    shipped = Policy.from_toml('[pools.gpu]\nrouting = "least-failing"\n')
+    built = build_router(shipped)
+    assert built is not None and set(built.plugins) == {"least-failing"}
+    assert built.plugins["least-failing"].route is least_failing
+    assert build_router(Policy.default()) is None
+    with pytest.raises(ValueError, match=r"routing plugin 'nope' is not installed \(installed: "):
+        build_router(Policy.from_toml('[defaults]\nrouting = "nope"\n'))
