@@ -194,8 +194,6 @@ class Tracking:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.publisher.close()
         await self.readers.close()
-        if self.tracker.router is not None:
-            self.tracker.router.close()
 
 
 def build_tracking(settings: Settings) -> Tracking:

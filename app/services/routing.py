@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -106,6 +105,7 @@ class FleetWindow:
             ):
                 failed = 0.0 if isinstance(event, Completed) else 1.0
                 self._series(self._outcomes, pool).put(key, at, failed, self.keep)
+                del self._queued[key]  # the attempt ended: nothing more to learn from it
 
     def snapshot(self, at: datetime) -> tuple[PoolFigures, ...]:
         """Each pool's failure rate and mean wait over its last attempts before ``at``."""
@@ -159,9 +159,6 @@ class Router:
     _answers: OrderedDict[tuple[str, int, datetime], RoutingRecord] = field(
         default_factory=OrderedDict
     )
-    _pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="jobtrail-routing")
-    )
 
     def record_for(self, state: JobState, policy: Policy) -> RoutingRecord | None:
         """The routing answer for the cooldown this job is in, asking its plugin the first time
@@ -209,14 +206,22 @@ class Router:
         )
 
     def _call(self, plugin: LoadedPlugin, request: RoutingRequest) -> tuple[object, str | None]:
-        future = self._pool.submit(plugin.route, request)
-        try:
-            return future.result(timeout=self.timeout_s), None
-        except FutureTimeout:
-            return None, f"did not answer within {self.timeout_s} s"
-        except Exception as exc:  # a plugin's bug must never stop the tracker
-            return None, f"raised {type(exc).__name__}: {exc}"[:500]
+        """The plugin's answer, or why there is none. It runs in a daemon thread: one that
+        hangs is left behind (and never keeps the process from exiting), not waited for."""
+        answers: list[object] = []
+        errors: list[Exception] = []
 
-    def close(self) -> None:
-        """Stop the plugin threads (one still running a plugin that hangs is left behind)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        def ask() -> None:
+            try:
+                answers.append(plugin.route(request))
+            except Exception as exc:  # a plugin's bug must never stop the tracker
+                errors.append(exc)
+
+        thread = threading.Thread(target=ask, name="jobtrail-routing", daemon=True)
+        thread.start()
+        thread.join(self.timeout_s)
+        if thread.is_alive():
+            return None, f"did not answer within {self.timeout_s} s"
+        if errors:
+            return None, f"raised {type(errors[0]).__name__}: {errors[0]}"[:500]
+        return answers[0], None
