@@ -7,6 +7,9 @@ tests/e2e/test_routing_plugin.py).
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,6 +17,7 @@ from datetime import timedelta
 
 import pytest
 
+from app.adapters.export_formats import open_writer
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_store import InMemoryProjectionStore
 from app.bootstrap.routing import build_router
@@ -23,6 +27,8 @@ from app.domain.events import PoolFigures, Rerouted, Retried, RoutingRecord, can
 from app.domain.machine import fold
 from app.domain.policy import Policy
 from app.domain.routing import RoutingChoice, RoutingRequest
+from app.entrypoints.shapes import flat_event
+from app.services.export import EVENT_COLUMNS
 from app.services.least_failing import route as least_failing
 from app.services.rebuild import job_histories
 from app.services.replay import replay_decisions
@@ -284,3 +290,14 @@ def test_the_policys_plugins_load_from_entry_points_or_fail_in_one_line() -> Non
     assert build_router(Policy.default()) is None
     with pytest.raises(ValueError, match=r"routing plugin 'nope' is not installed \(installed: "):
         build_router(Policy.from_toml('[defaults]\nrouting = "nope"\n'))
+
+
+async def test_a_routed_decision_exports_its_record_as_json_text() -> None:
+    history = await run(to_west)
+    routed = next(r for r in history if isinstance(r.event, Rerouted))
+    out = io.BytesIO()
+    writer = open_writer("csv", out, EVENT_COLUMNS)
+    writer.write([flat_event(routed)])
+    writer.close()
+    (row,) = csv.DictReader(io.StringIO(out.getvalue().decode()))
+    assert json.loads(row["routing"])["plugin"] == "test-plugin"
