@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,8 +48,17 @@ DOCS = ROOT / "docs" / "routing-plugins.md"
 SUBMIT = {"job_type": "sync", "model": "m", "priority": "urgent", "tenant": "acme"}
 
 
-def _docs_block(language: str) -> str:
-    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), flags=re.S)[0]
+def _docs_block(language: str, index: int = 0) -> str:
+    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), flags=re.S)[index]
+
+
+def test_the_pages_package_and_policy_are_the_ones_tested() -> None:
+    documented = tomllib.loads(_docs_block("toml", 0))["project"]
+    fixture = ROOT / "tests" / "fixtures" / "routing_plugin" / "pyproject.toml"
+    assert documented == tomllib.loads(fixture.read_text())["project"]
+    policy = Policy.from_toml(_docs_block("toml", 1))
+    assert policy.routing_plugins() == {PLUGIN}
+    assert Policy.from_toml(POLICY).document.pools["flaky"].routing == PLUGIN
 
 
 @pytest.fixture(scope="module")
