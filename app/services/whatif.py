@@ -303,14 +303,14 @@ class WhatIfReport:
 
 
 def decisions(history: Sequence[RecordedEvent]) -> tuple[str, ...]:
-    """The job's decisions as ``type#attempt[:reason]`` labels, in order."""
+    """The job's decisions as ``type#attempt[:reason]`` labels, in order. A routing plugin's
+    answer (``routed``) is left out: what it decided shows in the republish after it, so a
+    plugin that decides as the policy did changes nothing."""
     labels = []
     for recorded in history:
         event = recorded.event
-        if is_decision(event):
+        if is_decision(event) and not isinstance(event, Routed):
             reason = getattr(event, "reason", None) or getattr(event, "pool", None)
-            if isinstance(event, Routed):
-                reason = event.routing.plugin
             labels.append(f"{event.type}#{event.attempt}" + (f":{reason}" if reason else ""))
     return tuple(labels)
 
