@@ -252,6 +252,7 @@ async def test_a_restarted_tracker_finds_the_answer_in_the_log_and_does_not_ask_
     clock.at = at(10)
     await again.settle(["j"])
     await elsewhere.settle(["j"])
+    assert (again.folds.from_snapshot, elsewhere.folds.whole) == (1, 1)
     assert calls == ["j"]
     await fire_timers(again, store, clock, at(100), inclusive=True)
     assert calls == ["j"]
