@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from app.domain.events import (
@@ -22,6 +22,7 @@ from app.domain.events import (
     PoolFigures,
     Rerouted,
     Retried,
+    Routed,
     RoutingRecord,
 )
 from app.domain.policy import JobPolicy, Policy, RetrySettings
@@ -67,11 +68,8 @@ def cooldown(
     return timedelta(seconds=min(capped, maximum) * jitter_factor(job_id, attempt, jitter))
 
 
-def next_deadline(
-    state: JobState, policy: Policy, routing: RoutingRecord | None = None
-) -> Deadline | None:
-    """When ``decide`` will next have something to say about this job, if ever (``routing``:
-    a plugin's answer for the cooldown under way, as ``decide`` takes it)."""
+def next_deadline(state: JobState, policy: Policy) -> Deadline | None:
+    """When ``decide`` will next have something to say about this job, if ever."""
     if state.spec is None or state.status is None or state.is_terminal:
         return None
     rules = policy.for_job(state.spec)
@@ -83,18 +81,16 @@ def next_deadline(
     assert state.cooling_since is not None
     if _give_up_reason(state, rules) is not None:
         return Deadline(state.cooling_since, "now")
-    retry_at = state.cooling_since + _cooldown_of(state, policy, rules, routing)
+    retry_at = state.cooling_since + _cooldown_of(state, policy, rules)
     return ttl if ttl.at <= retry_at else Deadline(retry_at, "cooldown")
 
 
-def decide(
-    state: JobState, now: datetime, policy: Policy, routing: RoutingRecord | None = None
-) -> tuple[JobEvent, ...]:
+def decide(state: JobState, now: datetime, policy: Policy) -> tuple[JobEvent, ...]:
     """The events Jobtrail records for this job at ``now`` (usually none).
 
-    ``routing`` is a routing plugin's recorded answer for the cooldown under way: its pool and
-    cooldown replace the policy's rule, and the republish carries the record. Replay passes the
-    record it finds in the log, so a plugin's decision is reproduced without the plugin.
+    A routing plugin's answer for the cooldown under way is part of the state (folded from its
+    ``routed`` event): its pool and cooldown replace the policy's rule, and the republish
+    carries a copy. So a plugin's decision is reproduced from the log, without the plugin.
     """
     if state.spec is None or state.status is None or state.is_terminal:
         return ()
@@ -103,13 +99,16 @@ def decide(
         return _expire_ttl(state, now) if now >= _ttl_deadline(state, rules) else ()
     if state.status is JobStatus.RESERVED:
         return _expire_lease(state, now) if now >= _lease_deadline(state, rules) else ()
-    return _after_failure(state, state.spec, now, policy, rules, routing)
+    return _after_failure(state, state.spec, now, policy, rules)
 
 
 def routing_plugin_for(state: JobState, policy: Policy, only: str | None = None) -> str | None:
     """The routing plugin to ask about this job now: ``only`` or the one its rules name, if the
-    job is cooling down towards a republish (not towards a dead letter); None otherwise."""
+    job is cooling down towards a republish (not towards a dead letter) and its cooldown has no
+    recorded answer yet; None otherwise."""
     if state.spec is None or state.status is not JobStatus.COOLING_DOWN:
+        return None
+    if state.routing is not None:
         return None
     rules = policy.for_job(state.spec)
     name = only or rules.routing
@@ -124,14 +123,34 @@ def routing_request(
     """What a routing plugin is asked about a cooling job (``routing_plugin_for`` named one)."""
     assert state.spec is not None and state.status is JobStatus.COOLING_DOWN
     rules = policy.for_job(state.spec)
-    rule = RoutingChoice(_rule_pool(state, rules), _cooldown_of(state, policy, rules))
+    rule = RoutingChoice(_rule_pool(state, rules), _policy_cooldown(state, policy, rules))
     candidates = tuple(p for p in dict.fromkeys(rules.fallback_pools) if p != state.pool)
     return RoutingRequest(state=state, fleet=fleet, candidates=candidates, rule=rule)
 
 
-def recorded_routing(event: JobEvent) -> RoutingRecord | None:
-    """The routing plugin's answer a recorded decision carries, if any."""
-    return event.routing if isinstance(event, Retried | Rerouted) else None
+def deciding_state(state: JobState, event: JobEvent) -> JobState:
+    """The state a recorded decision was decided from. A republish recorded before ``routed``
+    events existed carries the plugin's answer itself, with no ``routed`` event before it."""
+    if (
+        isinstance(event, Retried | Rerouted)
+        and event.routing is not None
+        and state.routing is None
+    ):
+        return replace(state, routing=event.routing)
+    return state
+
+
+def routed(state: JobState, now: datetime, record: RoutingRecord) -> Routed:
+    """The decision that records a routing plugin's answer for the job's cooldown: one id per
+    attempt, so two trackers asking at once record the answer once (the first one appended)."""
+    return Routed(
+        event_id=derived_event_id(state.job_id, "routed", state.attempt),
+        job_id=state.job_id,
+        occurred_at=now,
+        attempt=state.attempt,
+        source=JOBTRAIL_SOURCE,
+        routing=record,
+    )
 
 
 def _after_failure(
@@ -140,7 +159,6 @@ def _after_failure(
     now: datetime,
     policy: Policy,
     rules: JobPolicy,
-    routing: RoutingRecord | None,
 ) -> tuple[JobEvent, ...]:
     reason = _give_up_reason(state, rules)
     if reason is not None:
@@ -149,9 +167,9 @@ def _after_failure(
     if now >= _ttl_deadline(state, rules):
         return _expire_ttl(state, now)
     assert state.cooling_since is not None
-    if now < state.cooling_since + _cooldown_of(state, policy, rules, routing):
+    if now < state.cooling_since + _cooldown_of(state, policy, rules):
         return ()
-    return (_republish(state, spec, now, policy, rules, routing),)
+    return (_republish(state, spec, now, policy, rules),)
 
 
 def _give_up_reason(state: JobState, rules: JobPolicy) -> DeadLetterReason | None:
@@ -181,10 +199,10 @@ def _republish(
     now: datetime,
     policy: Policy,
     rules: JobPolicy,
-    routing: RoutingRecord | None,
 ) -> JobEvent:
     assert state.pool is not None and state.queue is not None
     attempt = state.attempt + 1
+    routing = state.routing
     if routing is None:
         pool = _rule_pool(state, rules)
     else:
@@ -256,10 +274,13 @@ def _lease_deadline(state: JobState, rules: JobPolicy) -> datetime:
     return state.lease_from + (timedelta(seconds=own) if own is not None else rules.lease_timeout)
 
 
-def _cooldown_of(
-    state: JobState, policy: Policy, rules: JobPolicy, routing: RoutingRecord | None = None
-) -> timedelta:
-    if routing is not None:
-        return timedelta(seconds=routing.cooldown_seconds)
+def _cooldown_of(state: JobState, policy: Policy, rules: JobPolicy) -> timedelta:
+    """The cooldown under way: the routing plugin's recorded answer, else the policy's."""
+    if state.routing is not None:
+        return timedelta(seconds=state.routing.cooldown_seconds)
+    return _policy_cooldown(state, policy, rules)
+
+
+def _policy_cooldown(state: JobState, policy: Policy, rules: JobPolicy) -> timedelta:
     failures = state.attempt - state.redrive_base
     return cooldown(rules.retry, failures, state.job_id, state.attempt, policy.jitter)

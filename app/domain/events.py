@@ -230,6 +230,17 @@ class Rerouted(_Republished):
     queue: QueueName
 
 
+class Routed(EventBase):
+    """Jobtrail asked the job's routing plugin, as attempt ``attempt`` began cooling down.
+
+    Recorded before the republish it decides, so a restarted tracker, another one taking over,
+    replay and rebuild all read the answer from the log and never ask the plugin again.
+    """
+
+    type: Literal["routed"] = "routed"
+    routing: RoutingRecord
+
+
 class DeadLettered(EventBase):
     type: Literal["dead_lettered"] = "dead_lettered"
     reason: DeadLetterReason
@@ -269,6 +280,7 @@ JobEvent = Annotated[
     | Completed
     | Failed
     | Expired
+    | Routed
     | Retried
     | Rerouted
     | DeadLettered
@@ -284,6 +296,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "completed",
     "failed",
     "expired",
+    "routed",
     "retried",
     "rerouted",
     "dead_lettered",
@@ -292,7 +305,9 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 """Every stable type name, in lifecycle order."""
 
-DERIVED_TYPES: frozenset[str] = frozenset({"expired", "retried", "rerouted", "dead_lettered"})
+DERIVED_TYPES: frozenset[str] = frozenset(
+    {"expired", "routed", "retried", "rerouted", "dead_lettered"}
+)
 """Types Jobtrail itself may decide (brokers may also report expired and dead_lettered)."""
 
 EVENT_ADAPTER: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)

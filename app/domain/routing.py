@@ -3,8 +3,9 @@
 A routing plugin is a pure function ``(RoutingRequest) -> RoutingChoice``, registered under the
 entry-point group ``jobtrail.routing`` and named in the policy file. It is asked once when a job
 starts cooling down after a failure; its answer, with the fleet snapshot it was given, is
-recorded in the ``retried`` / ``rerouted`` event that follows (``RoutingRecord``), so folding,
-replay and rebuild never call it. This module only describes and checks; the plugins are loaded
+recorded at once in a ``routed`` event (``RoutingRecord``, copied into the ``retried`` /
+``rerouted`` event that follows), so folding, replay, rebuild and a restarted tracker never call
+it again. This module only describes and checks; the plugins are loaded
 by the composition root.
 """
 

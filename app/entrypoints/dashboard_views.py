@@ -26,6 +26,7 @@ from app.domain.events import (
     Rerouted,
     Reserved,
     Retried,
+    Routed,
     Submitted,
 )
 from app.domain.machine import evolve
@@ -222,6 +223,8 @@ def _decision(event: JobEvent, last_end: datetime | None) -> str:
     if isinstance(event, Expired):
         what = "the lease ran out" if event.reason == "lease" else "the job's TTL ran out"
         return f"{what}{_detail(event.detail)}"
+    if isinstance(event, Routed):
+        return _routed(event)
     if isinstance(event, Retried):
         cooldown = "" if last_end is None else f" after a cooldown of {_seconds(event, last_end)}"
         return f"retry as attempt {event.attempt} on pool {event.pool}{cooldown}"
@@ -234,6 +237,15 @@ def _decision(event: JobEvent, last_end: datetime | None) -> str:
     if isinstance(event, Redriven):
         return f"redriven by {event.actor} to pool {event.pool}{_detail(event.reason)}"
     return event.type
+
+
+def _routed(event: Routed) -> str:
+    record = event.routing
+    plugin = f"routing plugin {record.plugin} {record.version}"
+    if record.fallback is not None:
+        return f"{plugin} {record.fallback}: the policy's rule decides"
+    where = "stay on the pool" if record.pool is None else f"go to pool {record.pool}"
+    return f"{plugin}: {where} after a cooldown of {record.cooldown_seconds:.3f} s"
 
 
 def _detail(text: str) -> str:

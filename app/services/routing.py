@@ -3,9 +3,10 @@
 ``FleetWindow`` is what the tracker keeps of the fleet, fed by the events it records (no
 database query per decision): per pool, the last ``size`` attempts that ended (completed, or
 failed, or their lease ran out) and the last ``size`` waits from being queued to being reserved.
-``Router`` asks a job's routing plugin once per cooldown, checks the answer, falls back to the
-policy's rule when the plugin raises, overruns its time or answers nonsense, and keeps the
-record until the decision that carries it is made.
+``Router`` asks a job's routing plugin when its cooldown has no recorded answer yet, checks the
+answer, falls back to the policy's rule when the plugin raises, overruns its time or answers
+nonsense, and hands the answer back as a ``routed`` decision to append: the log, not the
+router, remembers it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from app.domain.chain import RecordedEvent
-from app.domain.decide import routing_plugin_for, routing_request
+from app.domain.decide import decide, routed, routing_plugin_for, routing_request
 from app.domain.events import (
     Completed,
     Expired,
     ExpiryReason,
     Failed,
+    JobEvent,
     PoolFigures,
     Redriven,
     Rerouted,
@@ -43,7 +45,7 @@ WINDOW_SIZE = 100
 """Recent attempts (and waits) per pool a fleet snapshot is made of."""
 PLUGIN_TIMEOUT_S = 0.5
 MAX_PENDING = 100_000
-"""Jobs whose queued attempt (or unspent answer) is remembered at once; the oldest go first."""
+"""Jobs whose queued attempt is remembered at once; the oldest go first."""
 
 _Key = tuple[str, int]
 
@@ -137,6 +139,13 @@ class FleetWindow:
         return found
 
 
+def decide_routed(
+    state: JobState, now: datetime, policy: Policy, router: Router | None
+) -> tuple[JobEvent, ...]:
+    """``decide``, with ``router`` (if any) first recording a routing plugin's answer."""
+    return decide(state, now, policy) if router is None else router.decide(state, now, policy)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedPlugin:
     """A routing plugin as the composition root found it: its function and its version."""
@@ -156,26 +165,16 @@ class Router:
     fleet: FleetWindow = field(default_factory=FleetWindow)
     only: str | None = None
     timeout_s: float = PLUGIN_TIMEOUT_S
-    _answers: OrderedDict[tuple[str, int, datetime], RoutingRecord] = field(
-        default_factory=OrderedDict
-    )
 
-    def record_for(self, state: JobState, policy: Policy) -> RoutingRecord | None:
-        """The routing answer for the cooldown this job is in, asking its plugin the first time
-        with the fleet as it was when the cooldown began; None when no plugin routes the job
-        (then the policy decides, as without plugins)."""
+    def decide(self, state: JobState, now: datetime, policy: Policy) -> tuple[JobEvent, ...]:
+        """What to record for the job at ``now``: its plugin's answer (a ``routed`` event) if
+        its cooldown needs one and has none yet, asked with the fleet as it was when the
+        cooldown began; else what ``decide`` says (which follows a recorded answer)."""
         name = routing_plugin_for(state, policy, self.only)
         if name is None or state.cooling_since is None:
-            return None
-        key = (state.job_id, state.attempt, state.cooling_since)
-        record = self._answers.get(key)
-        if record is None:
-            fleet = self.fleet.snapshot(state.cooling_since)
-            record = self._ask(name, routing_request(state, policy, fleet))
-            self._answers[key] = record
-            while len(self._answers) > MAX_PENDING:
-                self._answers.popitem(last=False)
-        return record
+            return decide(state, now, policy)
+        fleet = self.fleet.snapshot(state.cooling_since)
+        return (routed(state, now, self._ask(name, routing_request(state, policy, fleet))),)
 
     def _ask(self, name: str, request: RoutingRequest) -> RoutingRecord:
         plugin = self.plugins.get(name)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from app.domain.chain import RecordedEvent
-from app.domain.decide import decide
-from app.domain.events import JobEvent, RoutingRecord
+from app.domain.events import JobEvent
 from app.domain.machine import fold
 from app.domain.policy import Policy
 from app.domain.state import JobState
@@ -30,7 +29,7 @@ from app.ports import (
     WriteRefused,
 )
 from app.services.projection import settled_update
-from app.services.routing import Router
+from app.services.routing import Router, decide_routed
 from app.services.snapshots import FoldCounts, Folded, JobFold, encode, fold_jobs
 
 MAX_DECISIONS_PER_SETTLE = 8
@@ -59,7 +58,8 @@ class Tracker:
     folds: FoldCounts = field(default_factory=FoldCounts)
     """Where settles started their folds (a snapshot, or a whole history) and what they folded."""
     router: Router | None = None
-    """Asks routing plugins, when the policy names any; fed every settled job's new events."""
+    """Asks routing plugins, when the policy names any, for jobs whose cooldown has no recorded
+    answer (a ``routed`` decision); fed every settled job's new events."""
 
     async def record(self, events: Sequence[JobEvent]) -> list[AppendOutcome]:
         """Append events (idempotently), then settle and project every job they touch."""
@@ -139,7 +139,7 @@ class Tracker:
             decided = {
                 j: d
                 for j in pending
-                if (d := decide(jobs[j].state, now, self.policy, self._routing(jobs[j])))
+                if (d := decide_routed(jobs[j].state, now, self.policy, self.router))
             }
             if not decided:
                 return
@@ -158,16 +158,10 @@ class Tracker:
             for job in jobs.values():
                 self.router.fleet.observe(job.events)
 
-    def _routing(self, job: JobFold) -> RoutingRecord | None:
-        """A routing plugin's answer for the job's cooldown, if one routes it."""
-        if self.router is None:
-            return None
-        return self.router.record_for(job.state, self.policy)
-
     def _update(self, job: JobFold, projected_seq: int) -> ProjectionUpdate:
         """The job's projection update, with its snapshot at its last entry."""
         update, attempts = settled_update(
-            job.state, job.before, job.events, projected_seq, self.policy, self._routing(job)
+            job.state, job.before, job.events, projected_seq, self.policy
         )
         snapshot = encode(Folded(job.state, attempts), job.tip_hash, self.policy)
         return replace(update, snapshot=snapshot)

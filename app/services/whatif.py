@@ -1,12 +1,14 @@
 """What if: replay real history under another policy, side by side with what really happened.
 
-Only Jobtrail's own decisions (``expired``, ``retried``, ``rerouted``, ``dead_lettered`` from
-source ``jobtrail``) are re-derived; every other event (submissions, node reports, broker signals,
-operator actions) is replayed at the instant it was recorded, as the real tracker saw it. Between
-those instants the simulation fires each deadline ``decide`` would hit exactly when it falls due
-(an ideal timer loop), and after each batch of inputs it decides at the batch's instant, as the
-tracker does. A node report for an attempt that no longer exists under the other policy stays an
-anomaly of the replayed job: nodes are not simulated. Pure and deterministic.
+Only Jobtrail's own decisions (``expired``, ``routed``, ``retried``, ``rerouted``,
+``dead_lettered`` from source ``jobtrail``) are re-derived: a routing plugin's recorded answer
+does not decide the replay, the simulated policy's plugin (or none) answers instead. Every
+other event (submissions, node reports, broker signals, operator actions) is replayed at the
+instant it was recorded, as the real tracker saw it. Between those instants the simulation fires
+each deadline ``decide`` would hit exactly when it falls due (an ideal timer loop), and after
+each batch of inputs it decides at the batch's instant, as the tracker does. A node report for
+an attempt that no longer exists under the other policy stays an anomaly of the replayed job:
+nodes are not simulated. Pure and deterministic.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.domain.chain import RecordedEvent
-from app.domain.decide import JOBTRAIL_SOURCE, decide, next_deadline
+from app.domain.decide import JOBTRAIL_SOURCE, next_deadline
 from app.domain.events import (
     DERIVED_TYPES,
     Completed,
@@ -27,14 +29,14 @@ from app.domain.events import (
     JobEvent,
     Rerouted,
     Retried,
-    RoutingRecord,
+    Routed,
 )
 from app.domain.machine import evolve
 from app.domain.policy import Policy
 from app.domain.state import JobState, JobStatus
 from app.ports import EventLog
 from app.services.rebuild import job_histories
-from app.services.routing import FleetWindow, Router
+from app.services.routing import FleetWindow, Router, decide_routed
 from app.services.tracking import MAX_DECISIONS_PER_SETTLE
 
 MAX_TIMER_STEPS = 10_000
@@ -106,14 +108,14 @@ class _Replay:
         """Decide at ``now`` until nothing more is due, as ``Tracker.settle`` does."""
         self.clock = now if self.clock is None else max(self.clock, now)
         for _ in range(MAX_DECISIONS_PER_SETTLE):
-            decided = decide(self.state, now, self.policy, self._routing())
+            decided = decide_routed(self.state, now, self.policy, self.router)
             if not decided or not self.record(decided, _to_ms(now)):
                 return
 
     def run_timers(self, until: datetime, *, inclusive: bool) -> None:
         """Fire every deadline before ``until`` (or at it, if ``inclusive``), each when due."""
         for _ in range(MAX_TIMER_STEPS):
-            deadline = next_deadline(self.state, self.policy, self._routing())
+            deadline = next_deadline(self.state, self.policy)
             if deadline is None:
                 return
             at = deadline.at if self.clock is None else max(deadline.at, self.clock)
@@ -123,10 +125,6 @@ class _Replay:
             self.settle(at)
             if len(self.events) == before:
                 return
-
-    def _routing(self) -> RoutingRecord | None:
-        """The routing plugin's answer for the cooldown under way, if a plugin routes the job."""
-        return None if self.router is None else self.router.record_for(self.state, self.policy)
 
 
 def simulate(
@@ -305,11 +303,13 @@ class WhatIfReport:
 
 
 def decisions(history: Sequence[RecordedEvent]) -> tuple[str, ...]:
-    """The job's decisions as ``type#attempt[:reason]`` labels, in order."""
+    """The job's decisions as ``type#attempt[:reason]`` labels, in order. A routing plugin's
+    answer (``routed``) is left out: what it decided shows in the republish after it, so a
+    plugin that decides as the policy did changes nothing."""
     labels = []
     for recorded in history:
         event = recorded.event
-        if is_decision(event):
+        if is_decision(event) and not isinstance(event, Routed):
             reason = getattr(event, "reason", None) or getattr(event, "pool", None)
             labels.append(f"{event.type}#{event.attempt}" + (f":{reason}" if reason else ""))
     return tuple(labels)

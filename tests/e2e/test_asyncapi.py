@@ -80,6 +80,7 @@ EXAMPLE_EXTRA: dict[str, dict[str, Any]] = {
     "completed": {"node_id": "n", "duration_ms": 5},
     "failed": {"node_id": "n", "error_code": "oom", "error_message": "m", "retryable": True},
     "expired": {"reason": "lease", "detail": "d"},
+    "routed": {"routing": ROUTING},
     "retried": {"pool": "p", "queue": "q", "routing": ROUTING},
     "rerouted": {"from_pool": "p", "pool": "p2", "queue": "q", "routing": ROUTING},
     "dead_lettered": {"reason": "poison", "detail": "d"},

@@ -1,11 +1,13 @@
 """A routing plugin's round trip: install it, the tracker decides with it, replay equals, whatif
-compares.
+compares; a cooldown under way rebuilds equal and a restarted tracker does not ask again.
 
 The plugin is the module of docs/routing-plugins.md, packaged by tests/fixtures/routing_plugin
 and pip-installed (no network, no build isolation) with ``--target`` into a throwaway folder
 that only the tracker and the ``whatif`` process get on their PYTHONPATH: the project's
 environment is never changed, and this test's own process, which rebuilds and replays, cannot
-import the plugin at all.
+import the plugin at all. Beside it, a test-only plugin (``slow-logged``) answers as the page's
+does but with a cooldown of 10 minutes (the policy's is at most 5 s), and appends each call to a file: a job stays cooling down
+under it while the test rebuilds and restarts the tracker.
 """
 
 from __future__ import annotations
@@ -44,6 +46,36 @@ from tests.e2e.harness import (
 
 PLUGIN = "shortest-wait"
 POLICY = TEST_POLICY + f'routing = "{PLUGIN}"\n'  # the last section of TEST_POLICY: [pools.flaky]
+SLOW = "slow-logged"
+SLOW_POLICY = TEST_POLICY + f'routing = "{SLOW}"\n'
+SLOW_PACKAGE = f"""
+[build-system]
+requires = []
+build-backend = "tiny_backend"
+backend-path = ["."]
+
+[project]
+name = "jobtrail-slow-logged"
+version = "0.0.1"
+
+[project.entry-points."jobtrail.routing"]
+{SLOW} = "slow_logged:route"
+"""
+SLOW_MODULE = '''"""slow_logged: shortest_wait's pool after 10 minutes; each call appended to $SLOW_LOGGED_CALLS."""
+
+import os
+from datetime import timedelta
+
+from shortest_wait import route as shortest_wait
+
+from app.domain.routing import RoutingChoice, RoutingRequest
+
+
+def route(request: RoutingRequest) -> RoutingChoice:
+    with open(os.environ["SLOW_LOGGED_CALLS"], "a") as calls:
+        calls.write(f"{request.state.job_id} {request.state.attempt}\\n")
+    return RoutingChoice(pool=shortest_wait(request).pool, cooldown=timedelta(minutes=10))
+'''
 DOCS = ROOT / "docs" / "routing-plugins.md"
 SUBMIT = {"job_type": "sync", "model": "m", "priority": "urgent", "tenant": "acme"}
 
@@ -63,24 +95,40 @@ def test_the_pages_package_and_policy_are_the_ones_tested() -> None:
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding the installed plugin package (for PYTHONPATH), and nothing else."""
+    """A folder holding the installed plugin packages (for PYTHONPATH), and nothing else."""
     work = tmp_path_factory.mktemp("plugin")
-    package = work / "package"
+    package, slow = work / "package", work / "slow"
     shutil.copytree(ROOT / "tests" / "fixtures" / "routing_plugin", package)
     (package / "shortest_wait.py").write_text(_docs_block("python"))
+    shutil.copytree(ROOT / "tests" / "fixtures" / "routing_plugin", slow)
+    (slow / "pyproject.toml").write_text(SLOW_PACKAGE)
+    (slow / "slow_logged.py").write_text(SLOW_MODULE)
     site = work / "site"
     done = subprocess.run(
         [
             *(sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"),
-            *("--no-build-isolation", "--target", str(site), str(package)),
+            *("--no-build-isolation", "--target", str(site), str(package), str(slow)),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (site / "shortest_wait.py").exists()
+    assert (site / "shortest_wait.py").exists() and (site / "slow_logged.py").exists()
     return site
+
+
+def _routing_tracker(
+    policy: str, plugin_site: Path, mongo_url: str, pg_url: str, rabbit_url: str, tmp_path: Path
+) -> Iterator[tuple[dict[str, str], Tracker]]:
+    env = tracker_env(rabbit_url, mongo_url, pg_url, tmp_path)
+    Path(env["JOBTRAIL_POLICY_FILE"]).write_text(policy)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(plugin_site)])
+    env["SLOW_LOGGED_CALLS"] = str(tmp_path / "slow-logged-calls.txt")
+    tracker = Tracker(env, tmp_path)
+    tracker.start()
+    yield env, tracker
+    tracker.stop()
 
 
 @pytest.fixture
@@ -88,13 +136,15 @@ def routed(
     plugin_site: Path, mongo_url: str, pg_url: str, rabbit_url: str, tmp_path: Path
 ) -> Iterator[tuple[dict[str, str], Tracker]]:
     """A tracker whose policy routes pool 'flaky' with the installed plugin."""
-    env = tracker_env(rabbit_url, mongo_url, pg_url, tmp_path)
-    Path(env["JOBTRAIL_POLICY_FILE"]).write_text(POLICY)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(plugin_site)])
-    tracker = Tracker(env, tmp_path)
-    tracker.start()
-    yield env, tracker
-    tracker.stop()
+    yield from _routing_tracker(POLICY, plugin_site, mongo_url, pg_url, rabbit_url, tmp_path)
+
+
+@pytest.fixture
+def slow(
+    plugin_site: Path, mongo_url: str, pg_url: str, rabbit_url: str, tmp_path: Path
+) -> Iterator[tuple[dict[str, str], Tracker]]:
+    """A tracker whose policy routes pool 'flaky' with the test-only slow-logged plugin."""
+    yield from _routing_tracker(SLOW_POLICY, plugin_site, mongo_url, pg_url, rabbit_url, tmp_path)
 
 
 def _submit(env: dict[str, str], job_id: str, pool: str) -> None:
@@ -123,7 +173,7 @@ async def _replay(log_url: str) -> tuple[int, list[object]]:
         divergences: list[object] = []
         routed = 0
         async for events in job_histories(log.scan()):
-            routed += sum(1 for r in events if getattr(r.event, "routing", None) is not None)
+            routed += sum(1 for r in events if r.event.type == "routed")
             divergences += replay_decisions(events, policy)
         return routed, divergences
     finally:
@@ -144,8 +194,10 @@ def test_the_plugin_decides_replay_and_rebuild_agree_and_whatif_compares(
     publish(rabbit, lambda c: c.reserved(flaky, 1, "n2"), lambda c: c.failed(flaky, 1, "n2", "oom"))
     row = wait_for(lambda: (s := status(env, flaky)) and s["attempt"] == 2 and s, "the reroute")
     assert (row["pool"], row["status"]) == ("steady", "queued")
+    (answer,) = [e for e in history(env, flaky) if e["type"] == "routed"]
     (rerouted,) = [e for e in history(env, flaky) if e["type"] == "rerouted"]
     routing = rerouted["routing"]
+    assert answer["routing"] == routing and answer["attempt"] == 1
     assert (routing["plugin"], routing["version"], routing["pool"]) == (PLUGIN, "1.0.0", "steady")
     assert (routing["cooldown_seconds"], routing["fallback"]) == (0.25, None)
     assert [f["pool"] for f in routing["fleet"]] == ["steady"]  # flaky had ended no attempt yet
@@ -177,3 +229,34 @@ def test_the_plugin_decides_replay_and_rebuild_agree_and_whatif_compares(
     # least-failing, shipped with Jobtrail, compared with what the plugin did
     code, out = cli(env, "whatif", "--routing", "least-failing")
     assert code == 0 and "attempts on steady" in out and "under routing least-failing" in out
+
+
+def test_a_cooldown_under_a_plugin_rebuilds_equal_and_a_restarted_tracker_does_not_ask_again(
+    slow: tuple[dict[str, str], Tracker],
+) -> None:
+    env, tracker = slow
+    rabbit, calls = env["JOBTRAIL_RABBIT_URL"], Path(env["SLOW_LOGGED_CALLS"])
+    flaky = new_job_id("flaky")
+    _submit(env, flaky, "flaky")
+    publish(rabbit, lambda c: c.reserved(flaky, 1, "n1"), lambda c: c.failed(flaky, 1, "n1", "oom"))
+    row = wait_status(env, flaky, "cooling_down")
+    (answer,) = [e for e in history(env, flaky) if e["type"] == "routed"]
+    assert (answer["routing"]["plugin"], answer["routing"]["cooldown_seconds"]) == (SLOW, 600)
+    assert calls.read_text().splitlines() == [f"{flaky} 1"]
+    assert row["deadline_kind"] == "cooldown"
+
+    # the rebuilt tables hold the plugin's 10 minutes as the job's timer, as the tracker's do
+    code, out = cli(env, "rebuild", "--dry-run")
+    assert code == 0 and "1 identical, 0 different" in out, out
+
+    # a restarted tracker settling the job again (a late duplicate report) reads the answer
+    # from the log: the plugin is not asked again and the timer stays the plugin's
+    assert tracker.stop() == 0
+    tracker.start()
+    publish(rabbit, lambda c: c.failed(flaky, 1, "n1", "oom"))
+    again = wait_for(lambda: (s := status(env, flaky)) and s["anomalies"] == 1 and s, "the report")
+    assert (again["status"], again["attempt"]) == ("cooling_down", 1)
+    assert again["next_deadline_at"] == row["next_deadline_at"]
+    assert calls.read_text().splitlines() == [f"{flaky} 1"]
+    code, out = cli(env, "rebuild", "--dry-run")
+    assert code == 0 and "1 identical, 0 different" in out, out

@@ -38,6 +38,7 @@ from tests.unit.factories import (
     redriven,
     reserved,
     retried,
+    routed,
     small_policy,
     submitted,
 )
@@ -313,6 +314,18 @@ async def test_operator_controls_are_in_the_page_and_redrive_one_job_records_the
         (redriven(actor="ann", pool="gpu-b"), "redriven by ann to pool gpu-b"),
         (reserved(lease_seconds=90), "reserved by node node-a, lease 90 s"),
         (completed(duration_ms=120), "completed on node node-a in 120 ms"),
+        (
+            routed(pool="gpu-b", cooldown_seconds=2.5),
+            "routing plugin least-failing 0.1.0: go to pool gpu-b after a cooldown of 2.500 s",
+        ),
+        (
+            routed(cooldown_seconds=10),
+            "routing plugin least-failing 0.1.0: stay on the pool after a cooldown of 10.000 s",
+        ),
+        (
+            routed(cooldown_seconds=10, fallback="raised RuntimeError: boom"),
+            "routing plugin least-failing 0.1.0 raised RuntimeError: boom: the policy's rule decides",
+        ),
     ],
 )
 def test_each_event_says_why_in_words(event: JobEvent, words: str) -> None:
