@@ -79,6 +79,7 @@ class TenantOut(BaseModel):
     started_share: float | None
     wait_p95: float | None
     wait_p95_ratio: float | None
+    others_wait_p95: float | None
     starved: bool
 
 

@@ -195,38 +195,38 @@ async def sla(
     return await sla_from_log(log, policy, window, by)
 
 
-@dataclass
-class TenantShare:
-    """One tenant in one pool: what it submitted and started, and how long it waited."""
-
-    submitted: int = 0
-    waits: Quantiles = field(default_factory=Quantiles)
+def _p95(values: Iterable[float]) -> Quantiles:
+    found = Quantiles()
+    for value in values:
+        found.add(value)
+    return found
 
 
 @dataclass
 class FairnessReport:
-    """Per pool: each tenant's shares and wait p95 against the pool's; starved tenants."""
+    """Per pool: each tenant's shares, its wait p95 against the pool's, and whether it is
+    starved: its wait p95 over ``starvation_factor`` times the other tenants' in the pool
+    (not the pool's own, which a starved majority would drag up with it)."""
 
     window: Window
     starvation_factor: float
     min_attempts: int
-    pools: dict[str, dict[str, TenantShare]] = field(default_factory=dict)
-    pool_waits: dict[str, Quantiles] = field(default_factory=dict)
-
-    def _tenant(self, pool: str, tenant: str) -> TenantShare:
-        return self.pools.setdefault(pool, {}).setdefault(tenant, TenantShare())
+    submitted: dict[str, Counter[str]] = field(default_factory=dict)
+    waits: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def add(self, facts: JobFacts) -> None:
         for submission in facts.submissions:
             if submission.at in self.window:
-                self._tenant(submission.key.pool, submission.key.tenant).submitted += 1
+                pool = self.submitted.setdefault(submission.key.pool, Counter())
+                pool[submission.key.tenant] += 1
         for sample in facts.samples:
             if sample.measure is Measure.WAIT and sample.at in self.window:
-                self._tenant(sample.key.pool, sample.key.tenant).waits.add(sample.seconds)
-                self.pool_waits.setdefault(sample.key.pool, Quantiles()).add(sample.seconds)
+                tenants = self.waits.setdefault(sample.key.pool, {})
+                tenants.setdefault(sample.key.tenant, []).append(sample.seconds)
 
     def as_dict(self) -> dict[str, Any]:
-        pools = [self._pool(name, tenants) for name, tenants in sorted(self.pools.items())]
+        names = sorted(self.submitted.keys() | self.waits.keys())
+        pools = [self._pool(name) for name in names]
         starved = [
             {"pool": p["pool"], "tenant": t["tenant"]}
             for p in pools
@@ -241,43 +241,44 @@ class FairnessReport:
             "pools": pools,
         }
 
-    def _pool(self, name: str, tenants: dict[str, TenantShare]) -> dict[str, Any]:
-        everyone = self.pool_waits.get(name, Quantiles())
-        submitted = sum(t.submitted for t in tenants.values())
-        pool_p95 = everyone.quantile(0.95)
+    def _pool(self, name: str) -> dict[str, Any]:
+        submitted = self.submitted.get(name, Counter())
+        waits = self.waits.get(name, {})
+        everyone = _p95(v for values in waits.values() for v in values)
         rows = [
-            self._row(tenant, share, submitted, everyone.count, pool_p95)
-            for tenant, share in sorted(tenants.items())
+            self._row(name, tenant, everyone) for tenant in sorted(submitted.keys() | waits.keys())
         ]
         return {
             "pool": name,
-            "submitted": submitted,
+            "submitted": submitted.total(),
             "started": everyone.count,
-            "wait_p95": _round(pool_p95),
+            "wait_p95": _round(everyone.quantile(0.95)),
             "tenants": rows,
         }
 
-    def _row(
-        self,
-        tenant: str,
-        share: TenantShare,
-        submitted: int,
-        started: int,
-        pool_p95: float | None,
-    ) -> dict[str, Any]:
-        p95 = share.waits.quantile(0.95)
+    def _row(self, pool: str, tenant: str, everyone: Quantiles) -> dict[str, Any]:
+        submitted = self.submitted.get(pool, Counter())
+        waits = self.waits.get(pool, {})
+        own = _p95(waits.get(tenant, []))
+        others = _p95(v for t, values in waits.items() if t != tenant for v in values)
+        p95, pool_p95, others_p95 = (q.quantile(0.95) for q in (own, everyone, others))
         ratio = None if p95 is None or not pool_p95 else p95 / pool_p95
+        starved = (
+            p95 is not None
+            and others_p95 is not None
+            and p95 > self.starvation_factor * others_p95
+            and own.count >= self.min_attempts
+        )
         return {
             "tenant": tenant,
-            "submitted": share.submitted,
-            "submitted_share": _share(share.submitted, submitted),
-            "started": share.waits.count,
-            "started_share": _share(share.waits.count, started),
+            "submitted": submitted[tenant],
+            "submitted_share": _share(submitted[tenant], submitted.total()),
+            "started": own.count,
+            "started_share": _share(own.count, everyone.count),
             "wait_p95": _round(p95),
             "wait_p95_ratio": _round(ratio),
-            "starved": ratio is not None
-            and ratio > self.starvation_factor
-            and share.waits.count >= self.min_attempts,
+            "others_wait_p95": _round(others_p95),
+            "starved": starved,
         }
 
 
