@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.adapters.memory_log import InMemoryEventLog
+from app.adapters.memory_queries import InMemoryJobQueries
+from app.adapters.memory_store import InMemoryProjectionStore
 from app.domain.chain import RecordedEvent
 from app.domain.events import ExpiryReason
 from app.domain.machine import DEFAULT_SKEW_TOLERANCE, fold
@@ -17,7 +21,15 @@ from app.ports import LatencyRow
 from app.services.analysis import Window
 from app.services.latency import GroupKey, JobFacts, Sample, job_facts, row_samples
 from app.services.projection import attempt_rows, job_row
-from app.services.sla import Dimension, FairnessReport, parse_by, report_window, sla_report
+from app.services.sla import (
+    Dimension,
+    FairnessReport,
+    parse_by,
+    report_window,
+    sla_from_log,
+    sla_from_projection,
+    sla_report,
+)
 from tests.unit.factories import (
     T0,
     completed,
@@ -29,6 +41,8 @@ from tests.unit.factories import (
     retried,
     submitted,
 )
+from tests.unit.test_whatif import END, LIVE, real_history
+from tests.unit.test_whatif import at as whatif_at
 
 SLA_POLICY = Policy.from_toml(
     """
@@ -226,3 +240,21 @@ def test_a_profile_target_overrides_its_class_target_by_target() -> None:
     assert batch.of(Measure.WAIT) == (("p95", 30.0),)
     assert batch.of(Measure.END_TO_END) == (("p99", 60.0),)
     assert SLA_POLICY.sla_targets("sync", "bulk").of(Measure.WAIT) == ()
+
+
+async def test_log_and_projection_agree_on_the_whatif_script_the_real_tracker_wrote() -> None:
+    """Retries, a reroute, lease and TTL expiries, a stale report, a redrive, a cancellation."""
+    log, store = InMemoryEventLog(), InMemoryProjectionStore()
+    await real_history(log, store)
+    window = Window(whatif_at(0), whatif_at(END + 1))
+    from_log = (await sla_from_log(log, LIVE, window)).as_dict()
+    queries = InMemoryJobQueries(store)
+    from_sql = (await sla_from_projection(queries, LIVE, window)).as_dict()
+    assert from_log.pop("source") == "log" and from_sql.pop("source") == "projection"
+    assert from_log == from_sql
+    counts: Counter[str] = Counter()
+    for group in from_log["groups"]:
+        for measure in Measure:
+            counts[measure] += group[measure]["count"]
+    assert counts[Measure.END_TO_END] == 6  # the six completed jobs
+    assert counts[Measure.WAIT] > counts[Measure.END_TO_END]
