@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from importlib import resources
 
 import pytest
 from hypothesis import given, settings
@@ -258,3 +259,14 @@ async def test_log_and_projection_agree_on_the_whatif_script_the_real_tracker_wr
             counts[measure] += group[measure]["count"]
     assert counts[Measure.END_TO_END] == 6  # the six completed jobs
     assert counts[Measure.WAIT] > counts[Measure.END_TO_END]
+
+
+def test_the_shipped_policy_sets_urgent_targets_and_the_fairness_rule() -> None:
+    shipped = Policy.from_toml(
+        resources.files("app.domain").joinpath("default_policy.toml").read_text()
+    )
+    urgent = shipped.sla_targets("sync", "urgent")
+    assert urgent.of(Measure.WAIT) == (("p95", 2.0),)
+    assert urgent.of(Measure.END_TO_END) == (("p99", 60.0),)
+    assert shipped.sla_targets("batch", "bulk").by_measure == ()
+    assert shipped.document.fairness.starvation_factor == 2.0
