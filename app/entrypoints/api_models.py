@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.domain.state import JobStatus
+from app.entrypoints.api_sla import DashboardLatencyOut
 
 
 class HistoryEntryOut(BaseModel):
@@ -167,3 +168,4 @@ class DashboardDataOut(BaseModel):
     dead_letters: DeadLettersOut
     anomalies: AnomaliesOut
     queues: QueueHealthOut
+    latency: DashboardLatencyOut

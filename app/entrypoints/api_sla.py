@@ -94,6 +94,16 @@ class PoolFairnessOut(BaseModel):
 class StarvedOut(BaseModel):
     pool: str
     tenant: str
+    wait_p95: float | None
+    others_wait_p95: float | None
+
+
+class DashboardLatencyOut(SlaOut):
+    """The dashboard's latency panel: ``GET /sla`` by pool and priority from the projection,
+    and the tenants starved by their waits."""
+
+    minutes: int = Field(ge=1)
+    starved: list[StarvedOut]
 
 
 class FairnessOut(BaseModel):

@@ -228,7 +228,7 @@ class FairnessReport:
         names = sorted(self.submitted.keys() | self.waits.keys())
         pools = [self._pool(name) for name in names]
         starved = [
-            {"pool": p["pool"], "tenant": t["tenant"]}
+            {"pool": p["pool"]} | {k: t[k] for k in ("tenant", "wait_p95", "others_wait_p95")}
             for p in pools
             for t in p["tenants"]
             if t["starved"]
@@ -296,3 +296,21 @@ async def fairness_from_log(
     async for facts in log_facts(log, window, policy.clock_skew_tolerance):
         report.add(facts)
     return report
+
+
+OVERVIEW_BY = (Dimension.POOL, Dimension.PRIORITY)
+
+
+async def latency_overview(
+    queries: JobQueries, policy: Policy, window: Window
+) -> tuple[SlaReport, FairnessReport]:
+    """The dashboard's panel from one read of the projection: latency by pool and priority,
+    and the tenants starved by their waits (submission shares are the log report's)."""
+    assert window.since is not None and window.until is not None
+    rows = await queries.latency_rows(window.since, window.until)
+    samples = [s for row in rows for s in row_samples(row)]
+    latency = sla_report(samples, policy, window, OVERVIEW_BY, Source.PROJECTION)
+    rule = policy.document.fairness
+    fairness = FairnessReport(window, rule.starvation_factor, rule.min_attempts)
+    fairness.add(JobFacts(samples=samples))
+    return latency, fairness

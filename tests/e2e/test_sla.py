@@ -245,7 +245,9 @@ async def test_fairness_flags_the_tenant_that_waits_longest(stack: Stack) -> Non
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["starvation_factor"] == 3 and body["min_attempts"] == 2
-    assert body["starved"] == [{"pool": "gpu-a", "tenant": "globex"}]
+    assert body["starved"] == [
+        {"pool": "gpu-a", "tenant": "globex", "wait_p95": 20.0, "others_wait_p95": 1.0}
+    ]
     pools = {p["pool"]: p for p in body["pools"]}
     gpu = pools["gpu-a"]
     assert (gpu["submitted"], gpu["started"], gpu["wait_p95"]) == (6, 6, 20.0)

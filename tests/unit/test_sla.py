@@ -212,7 +212,7 @@ def test_a_tenant_waiting_far_longer_than_its_pool_is_starved() -> None:
     report = FairnessReport(Window(), starvation_factor=3, min_attempts=2)
     report.add(facts)
     body = report.as_dict()
-    assert body["starved"] == [{"pool": "gpu-a", "tenant": "globex"}]  # initech: 1 attempt only
+    assert [(s["pool"], s["tenant"]) for s in body["starved"]] == [("gpu-a", "globex")]
     (pool,) = body["pools"]
     assert (pool["started"], pool["wait_p95"]) == (11, 30.0)
     acme, globex, _ = pool["tenants"]
