@@ -186,12 +186,16 @@ class Metrics:
         newly projected events completed, labelled by pool, job type and priority (no job id)."""
         for sample in fresh_samples(update.job, update.attempts, events):
             key = sample.key
-            labels = (
-                self._pool(key.pool),
-                self._job_type(key.job_type),
-                self._priority(key.priority),
+            self.observe_latency(
+                sample.measure, key.pool, key.job_type, key.priority, sample.seconds
             )
-            self._latency[sample.measure].labels(*labels).observe(max(0.0, sample.seconds))
+
+    def observe_latency(
+        self, measure: Measure, pool: str, job_type: str, priority: str, seconds: float
+    ) -> None:
+        """Observe one wait, run or end-to-end time (a negative one, from a clock step, as 0)."""
+        labels = (self._pool(pool), self._job_type(job_type), self._priority(priority))
+        self._latency[measure].labels(*labels).observe(max(0.0, seconds))
 
     def projection_lag(self, seconds: float) -> None:
         """Set the projection lag (negative values, from skewed producer clocks, count as 0)."""

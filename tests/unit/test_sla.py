@@ -9,10 +9,12 @@ from importlib import resources
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.adapters.memory_log import InMemoryEventLog
 from app.adapters.memory_queries import InMemoryJobQueries
 from app.adapters.memory_store import InMemoryProjectionStore
+from app.bootstrap.metrics import OTHER, Metrics
 from app.domain.chain import RecordedEvent
 from app.domain.events import ExpiryReason
 from app.domain.machine import DEFAULT_SKEW_TOLERANCE, fold
@@ -270,3 +272,20 @@ def test_the_shipped_policy_sets_urgent_targets_and_the_fairness_rule() -> None:
     assert urgent.of(Measure.END_TO_END) == (("p99", 60.0),)
     assert shipped.sla_targets("batch", "bulk").by_measure == ()
     assert shipped.document.fairness.starvation_factor == 2.0
+
+
+def test_latency_histogram_labels_stay_bounded() -> None:
+    metrics = Metrics()
+    for i in range(100):
+        metrics.observe_latency(Measure.WAIT, f"pool-{i}", "sync", "urgent", 1.0)
+    metrics.observe_latency(Measure.RUN, "gpu-a", "no-such-type", "(none)", -2.0)
+    pools: set[str] = set()
+    runs: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            if s.name == "jobtrail_job_wait_seconds_count":
+                pools.add(s.labels["pool"])
+            if s.name == "jobtrail_job_run_seconds_sum":
+                runs[s.labels["job_type"], s.labels["priority"]] = s.value
+    assert OTHER in pools and len(pools) == 64 + 1
+    assert runs == {(OTHER, OTHER): 0.0}  # a negative time (a clock step) counts as zero
