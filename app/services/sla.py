@@ -3,8 +3,8 @@
 Samples (app/services/latency.py) are grouped by any of pool, job type, priority class and
 tenant; each group reports count, p50, p95 and p99 of each measure, and counts the samples that
 broke their own job's targets (app/domain/sla.py). A group whose samples all share one set of
-targets also says whether its quantiles met them. Fairness compares each tenant's share of a
-pool's submissions and started attempts, and its wait p95 with the pool's.
+targets also says whether its quantiles met them. Fairness gives each tenant's share of a pool's
+submissions and started attempts, and its wait p95 against the pool's and the other tenants'.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from app.domain.policy import Policy
-from app.domain.sla import QUANTILES, Measure, Targets
+from app.domain.sla import QUANTILES, Measure, SlaTargets, Targets
 from app.ports import EventLog, JobQueries
 from app.services.analysis import Quantiles, Window
 from app.services.latency import JobFacts, Sample, log_facts, row_samples
@@ -148,7 +148,7 @@ def sla_report(
 ) -> SlaReport:
     """Group the samples ending in ``window``, each held to its own job's targets."""
     report = SlaReport(window, tuple(by), source)
-    resolved: dict[tuple[str, str], Any] = {}
+    resolved: dict[tuple[str, str], SlaTargets] = {}
     for sample in samples:
         if sample.at not in window:
             continue
@@ -175,10 +175,14 @@ async def sla_from_projection(
     queries: JobQueries, policy: Policy, window: Window, by: Sequence[Dimension] = ALL_DIMENSIONS
 ) -> SlaReport:
     """The report from the projection's attempt rows reserved or ended in a closed window."""
-    assert window.since is not None and window.until is not None
-    rows = await queries.latency_rows(window.since, window.until)
-    samples = [s for row in rows for s in row_samples(row)]
+    samples = await _projection_samples(queries, window)
     return sla_report(samples, policy, window, by, Source.PROJECTION)
+
+
+async def _projection_samples(queries: JobQueries, window: Window) -> list[Sample]:
+    assert window.since is not None and window.until is not None  # report_window closes it
+    rows = await queries.latency_rows(window.since, window.until)
+    return [s for row in rows for s in row_samples(row)]
 
 
 async def sla(
@@ -195,7 +199,7 @@ async def sla(
     return await sla_from_log(log, policy, window, by)
 
 
-def _p95(values: Iterable[float]) -> Quantiles:
+def _quantiles(values: Iterable[float]) -> Quantiles:
     found = Quantiles()
     for value in values:
         found.add(value)
@@ -244,7 +248,7 @@ class FairnessReport:
     def _pool(self, name: str) -> dict[str, Any]:
         submitted = self.submitted.get(name, Counter())
         waits = self.waits.get(name, {})
-        everyone = _p95(v for values in waits.values() for v in values)
+        everyone = _quantiles(v for values in waits.values() for v in values)
         rows = [
             self._row(name, tenant, everyone) for tenant in sorted(submitted.keys() | waits.keys())
         ]
@@ -259,8 +263,8 @@ class FairnessReport:
     def _row(self, pool: str, tenant: str, everyone: Quantiles) -> dict[str, Any]:
         submitted = self.submitted.get(pool, Counter())
         waits = self.waits.get(pool, {})
-        own = _p95(waits.get(tenant, []))
-        others = _p95(v for t, values in waits.items() if t != tenant for v in values)
+        own = _quantiles(waits.get(tenant, []))
+        others = _quantiles(v for t, values in waits.items() if t != tenant for v in values)
         p95, pool_p95, others_p95 = (q.quantile(0.95) for q in (own, everyone, others))
         ratio = None if p95 is None or not pool_p95 else p95 / pool_p95
         starved = (
@@ -306,9 +310,7 @@ async def latency_overview(
 ) -> tuple[SlaReport, FairnessReport]:
     """The dashboard's panel from one read of the projection: latency by pool and priority,
     and the tenants starved by their waits (submission shares are the log report's)."""
-    assert window.since is not None and window.until is not None
-    rows = await queries.latency_rows(window.since, window.until)
-    samples = [s for row in rows for s in row_samples(row)]
+    samples = await _projection_samples(queries, window)
     latency = sla_report(samples, policy, window, OVERVIEW_BY, Source.PROJECTION)
     rule = policy.document.fairness
     fairness = FairnessReport(window, rule.starvation_factor, rule.min_attempts)
