@@ -77,11 +77,12 @@ def _key(state: JobState) -> GroupKey:
 def job_facts(history: Sequence[RecordedEvent], skew: timedelta) -> JobFacts:
     """Fold one job's history (seq order) into its samples and its submission."""
     facts = JobFacts()
-    state = JobState(job_id=history[0].job_id) if history else None
+    if not history:
+        return facts
+    state = JobState(job_id=history[0].job_id)
     queued_at: datetime | None = None
     reserved_at: datetime | None = None
     for recorded in history:
-        assert state is not None
         after = evolve(state, recorded, skew)
         at = recorded.recorded_at
         if after.status is not state.status:
