@@ -32,7 +32,10 @@ def since_param(value: str) -> datetime:
     if found is None:
         return instant_param(value)
     amount, unit = found.groups()
-    return datetime.now(UTC) - timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: int(amount)})
+    except OverflowError:
+        raise typer.BadParameter(f"{value} ago is before the year 1") from None
 
 
 SinceOpt = Annotated[

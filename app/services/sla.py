@@ -50,7 +50,10 @@ def report_window(since: datetime | None, until: datetime | None, now: datetime)
     """``[since, until)``, ``until`` defaulting to now and ``since`` to an hour before it;
     ValueError for an empty or reversed window, or one over ``MAX_SPAN``."""
     end = until or now
-    start = since or end - DEFAULT_SPAN
+    try:
+        start = since or end - DEFAULT_SPAN
+    except OverflowError:
+        raise ValueError(f"until ({end.isoformat()}) leaves no hour before it") from None
     if start >= end:
         raise ValueError(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
     if end - start > MAX_SPAN:

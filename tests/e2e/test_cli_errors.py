@@ -45,6 +45,12 @@ def jobtrail(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedPr
         ),
         (("sla", "--since", "yesterday"), {}, 2, "jobtrail: Invalid value for '--since'"),
         (
+            ("fairness", "--since", "999999d"),
+            {},
+            2,
+            "jobtrail: Invalid value for '--since': 999999d ago is before the year 1",
+        ),
+        (
             ("fairness", "--factor", "1"),
             {},
             2,

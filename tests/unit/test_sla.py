@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import pytest
@@ -201,6 +201,8 @@ def test_the_window_defaults_to_the_last_hour_and_refuses_an_empty_one() -> None
     assert report_window(None, None, T0) == Window(T0 - timedelta(hours=1), T0)
     with pytest.raises(ValueError, match="must be before"):
         report_window(T0, T0, T0)
+    with pytest.raises(ValueError, match="leaves no hour before it"):
+        report_window(None, datetime.min.replace(tzinfo=UTC), T0)
     with pytest.raises(ValueError, match="longer than 31 days"):
         report_window(T0 - timedelta(days=40), T0, T0)
 
