@@ -155,8 +155,10 @@ def fairness_command(
 
 
 def _fairness_table(body: dict[str, Any]) -> Table:
-    table = Table(title=f"tenant fairness (starved: wait p95 > {body['starvation_factor']}x pool)")
-    for column in ("pool", "tenant", "submitted", "started", "wait p95 s", "vs pool", ""):
+    factor = body["starvation_factor"]
+    table = Table(title=f"tenant fairness (starved: wait p95 over {factor}x the other tenants')")
+    columns = ("pool", "tenant", "submitted", "started", "wait p95 s", "vs pool", "others p95 s")
+    for column in (*columns, ""):
         table.add_column(column)
     for pool in body["pools"]:
         for t in pool["tenants"]:
@@ -167,6 +169,7 @@ def _fairness_table(body: dict[str, Any]) -> Table:
                 f"{t['started']} ({_percent(t['started_share'])})",
                 str(t["wait_p95"]),
                 "–" if t["wait_p95_ratio"] is None else f"{t['wait_p95_ratio']}x",
+                str(t["others_wait_p95"] if t["others_wait_p95"] is not None else "–"),
                 "[red]starved[/red]" if t["starved"] else "",
             )
     return table

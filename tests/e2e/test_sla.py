@@ -324,3 +324,11 @@ async def test_jobtrail_sla_and_fairness_print_what_the_api_answers(stack: Stack
         CliRunner().invoke, cli_app, ["fairness", "--since", SINCE, "--until", UNTIL], env=stack.env
     )
     assert table.exit_code == 0 and "starved" in table.output
+    table = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli_app,
+        ["sla", "--since", SINCE, "--until", UNTIL, "--by", "tenant"],
+        env=stack.env,
+    )
+    assert table.exit_code == 0, table.output
+    assert "20.0/20.0/20.0 s (n=2) 2 over" in table.output  # globex's waits
