@@ -19,10 +19,13 @@ from app.domain.events import (
     Expired,
     ExpiryReason,
     JobEvent,
+    PoolFigures,
     Rerouted,
     Retried,
+    RoutingRecord,
 )
 from app.domain.policy import JobPolicy, Policy, RetrySettings
+from app.domain.routing import RoutingChoice, RoutingRequest
 from app.domain.state import JobSpec, JobState, JobStatus
 
 JOBTRAIL_SOURCE = "jobtrail"
@@ -64,8 +67,11 @@ def cooldown(
     return timedelta(seconds=min(capped, maximum) * jitter_factor(job_id, attempt, jitter))
 
 
-def next_deadline(state: JobState, policy: Policy) -> Deadline | None:
-    """When ``decide`` will next have something to say about this job, if ever."""
+def next_deadline(
+    state: JobState, policy: Policy, routing: RoutingRecord | None = None
+) -> Deadline | None:
+    """When ``decide`` will next have something to say about this job, if ever (``routing``:
+    a plugin's answer for the cooldown under way, as ``decide`` takes it)."""
     if state.spec is None or state.status is None or state.is_terminal:
         return None
     rules = policy.for_job(state.spec)
@@ -77,12 +83,19 @@ def next_deadline(state: JobState, policy: Policy) -> Deadline | None:
     assert state.cooling_since is not None
     if _give_up_reason(state, rules) is not None:
         return Deadline(state.cooling_since, "now")
-    retry_at = state.cooling_since + _cooldown_of(state, policy, rules)
+    retry_at = state.cooling_since + _cooldown_of(state, policy, rules, routing)
     return ttl if ttl.at <= retry_at else Deadline(retry_at, "cooldown")
 
 
-def decide(state: JobState, now: datetime, policy: Policy) -> tuple[JobEvent, ...]:
-    """The events Jobtrail records for this job at ``now`` (usually none)."""
+def decide(
+    state: JobState, now: datetime, policy: Policy, routing: RoutingRecord | None = None
+) -> tuple[JobEvent, ...]:
+    """The events Jobtrail records for this job at ``now`` (usually none).
+
+    ``routing`` is a routing plugin's recorded answer for the cooldown under way: its pool and
+    cooldown replace the policy's rule, and the republish carries the record. Replay passes the
+    record it finds in the log, so a plugin's decision is reproduced without the plugin.
+    """
     if state.spec is None or state.status is None or state.is_terminal:
         return ()
     rules = policy.for_job(state.spec)
@@ -90,11 +103,44 @@ def decide(state: JobState, now: datetime, policy: Policy) -> tuple[JobEvent, ..
         return _expire_ttl(state, now) if now >= _ttl_deadline(state, rules) else ()
     if state.status is JobStatus.RESERVED:
         return _expire_lease(state, now) if now >= _lease_deadline(state, rules) else ()
-    return _after_failure(state, state.spec, now, policy, rules)
+    return _after_failure(state, state.spec, now, policy, rules, routing)
+
+
+def routing_plugin_for(state: JobState, policy: Policy, only: str | None = None) -> str | None:
+    """The routing plugin to ask about this job now: ``only`` or the one its rules name, if the
+    job is cooling down towards a republish (not towards a dead letter); None otherwise."""
+    if state.spec is None or state.status is not JobStatus.COOLING_DOWN:
+        return None
+    rules = policy.for_job(state.spec)
+    name = only or rules.routing
+    if name is None or _give_up_reason(state, rules) is not None:
+        return None
+    return name
+
+
+def routing_request(
+    state: JobState, policy: Policy, fleet: tuple[PoolFigures, ...]
+) -> RoutingRequest:
+    """What a routing plugin is asked about a cooling job (``routing_plugin_for`` named one)."""
+    assert state.spec is not None and state.status is JobStatus.COOLING_DOWN
+    rules = policy.for_job(state.spec)
+    rule = RoutingChoice(_rule_pool(state, rules), _cooldown_of(state, policy, rules))
+    candidates = tuple(p for p in dict.fromkeys(rules.fallback_pools) if p != state.pool)
+    return RoutingRequest(state=state, fleet=fleet, candidates=candidates, rule=rule)
+
+
+def recorded_routing(event: JobEvent) -> RoutingRecord | None:
+    """The routing plugin's answer a recorded decision carries, if any."""
+    return event.routing if isinstance(event, Retried | Rerouted) else None
 
 
 def _after_failure(
-    state: JobState, spec: JobSpec, now: datetime, policy: Policy, rules: JobPolicy
+    state: JobState,
+    spec: JobSpec,
+    now: datetime,
+    policy: Policy,
+    rules: JobPolicy,
+    routing: RoutingRecord | None,
 ) -> tuple[JobEvent, ...]:
     reason = _give_up_reason(state, rules)
     if reason is not None:
@@ -103,9 +149,9 @@ def _after_failure(
     if now >= _ttl_deadline(state, rules):
         return _expire_ttl(state, now)
     assert state.cooling_since is not None
-    if now < state.cooling_since + _cooldown_of(state, policy, rules):
+    if now < state.cooling_since + _cooldown_of(state, policy, rules, routing):
         return ()
-    return (_republish(state, spec, now, policy, rules),)
+    return (_republish(state, spec, now, policy, rules, routing),)
 
 
 def _give_up_reason(state: JobState, rules: JobPolicy) -> DeadLetterReason | None:
@@ -116,11 +162,8 @@ def _give_up_reason(state: JobState, rules: JobPolicy) -> DeadLetterReason | Non
     return None
 
 
-def _republish(
-    state: JobState, spec: JobSpec, now: datetime, policy: Policy, rules: JobPolicy
-) -> JobEvent:
-    assert state.pool is not None and state.queue is not None
-    attempt = state.attempt + 1
+def _rule_pool(state: JobState, rules: JobPolicy) -> str | None:
+    """The policy's reroute rule: the next fallback pool after k failures here, else stay."""
     fallback = rules.fallback_pools
     threshold = rules.reroute_after_failures
     if (
@@ -128,7 +171,25 @@ def _republish(
         and state.failures_on_pool >= threshold
         and state.fallback_index < len(fallback)
     ):
-        pool = fallback[state.fallback_index]
+        return fallback[state.fallback_index]
+    return None
+
+
+def _republish(
+    state: JobState,
+    spec: JobSpec,
+    now: datetime,
+    policy: Policy,
+    rules: JobPolicy,
+    routing: RoutingRecord | None,
+) -> JobEvent:
+    assert state.pool is not None and state.queue is not None
+    attempt = state.attempt + 1
+    if routing is None:
+        pool = _rule_pool(state, rules)
+    else:
+        pool = routing.pool if routing.pool != state.pool else None
+    if pool is not None:
         return Rerouted(
             event_id=derived_event_id(state.job_id, "rerouted", attempt),
             job_id=state.job_id,
@@ -138,6 +199,7 @@ def _republish(
             from_pool=state.pool,
             pool=pool,
             queue=policy.queue_for(pool, spec.job_type),
+            routing=routing,
         )
     return Retried(
         event_id=derived_event_id(state.job_id, "retried", attempt),
@@ -147,6 +209,7 @@ def _republish(
         source=JOBTRAIL_SOURCE,
         pool=state.pool,
         queue=state.queue,
+        routing=routing,
     )
 
 
@@ -193,6 +256,10 @@ def _lease_deadline(state: JobState, rules: JobPolicy) -> datetime:
     return state.lease_from + (timedelta(seconds=own) if own is not None else rules.lease_timeout)
 
 
-def _cooldown_of(state: JobState, policy: Policy, rules: JobPolicy) -> timedelta:
+def _cooldown_of(
+    state: JobState, policy: Policy, rules: JobPolicy, routing: RoutingRecord | None = None
+) -> timedelta:
+    if routing is not None:
+        return timedelta(seconds=routing.cooldown_seconds)
     failures = state.attempt - state.redrive_base
     return cooldown(rules.retry, failures, state.job_id, state.attempt, policy.jitter)

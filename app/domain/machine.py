@@ -233,7 +233,7 @@ def _republished(
     if event.attempt != state.attempt + 1:
         return f"{event.type} to attempt {event.attempt} after attempt {state.attempt}"
     new_pool = event.pool != state.pool or isinstance(event, Redriven)
-    return replace(
+    queued = replace(
         state,
         status=JobStatus.QUEUED,
         attempt=event.attempt,
@@ -249,6 +249,11 @@ def _republished(
         redrive_base=event.attempt - 1 if isinstance(event, Redriven) else state.redrive_base,
         ttl_from=recorded.recorded_at if isinstance(event, Redriven) else state.ttl_from,
     )
+    routing = None if isinstance(event, Redriven) else event.routing
+    if routing is not None and routing.fallback is not None:
+        detail = f"plugin {routing.plugin} {routing.version} {routing.fallback}; the policy decided"
+        return _flag(queued, recorded, "routing_fallback", detail)
+    return queued
 
 
 def _dead_lettered(state: JobState, event: DeadLettered) -> JobState | str:

@@ -9,8 +9,6 @@ everything else still renders.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,7 +23,8 @@ from app.domain.state import JobStatus
 from app.entrypoints.api_auth import require_reader
 from app.entrypoints.api_edge import READ_ERRORS, EdgeRoute, answers, errors
 from app.entrypoints.api_models import DashboardDataOut
-from app.entrypoints.dashboard_page import page_html, page_script, page_style
+from app.entrypoints.dashboard_jobs import job_pages
+from app.entrypoints.dashboard_page import content_policy, page_html, page_script, page_style
 from app.ports import JobFilter, JobQueries, JobRow
 from app.services.queries import list_jobs
 from app.services.sla import latency_overview, report_window
@@ -72,6 +71,7 @@ def install_dashboard(api: FastAPI, settings: Settings) -> None:
     management = RabbitManagement.from_urls(settings.rabbit_url, extra.rabbit_api_url)
     setattr(api.state, DASHBOARD_STATE, Dashboard(management, settings))
     api.include_router(dashboard)
+    api.include_router(job_pages)
 
 
 def _dashboard(request: Request) -> Dashboard:
@@ -83,25 +83,6 @@ def _dashboard(request: Request) -> Dashboard:
     made = Dashboard(RabbitManagement.from_urls(env.rabbit_url, env.rabbit_api_url), Settings())
     setattr(request.app.state, DASHBOARD_STATE, made)
     return made
-
-
-def _sha256(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-
-def _security_policy() -> str:
-    return "; ".join(
-        (
-            "default-src 'none'",
-            f"script-src {_sha256(page_script())}",
-            f"style-src {_sha256(page_style())}",
-            "connect-src 'self'",
-            "img-src 'self' data:",
-            "base-uri 'none'",
-            "form-action 'none'",
-            "frame-ancestors 'none'",
-        )
-    )
 
 
 # EdgeRoute refuses (422) query parameters on these as on every other endpoint.
@@ -122,7 +103,7 @@ async def get_root() -> RedirectResponse:
 async def get_dashboard() -> HTMLResponse:
     """The dashboard page (self-contained; it polls ``/stats`` and ``/dashboard/data``)."""
     headers = {
-        "Content-Security-Policy": _security_policy(),
+        "Content-Security-Policy": content_policy(page_script(), page_style()),
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-store",
         "Referrer-Policy": "no-referrer",

@@ -25,6 +25,7 @@ from app.domain.events import (
     Rerouted,
     Reserved,
     Retried,
+    RoutingRecord,
     Submitted,
 )
 from app.domain.policy import Policy
@@ -38,10 +39,10 @@ EVENT_ID_HEADER = "x-jobtrail-event-id"
 REASON_HEADER = "x-jobtrail-reason"
 
 
-def job_row(state: JobState, policy: Policy) -> JobRow:
-    """The Cloud's view of one job."""
+def job_row(state: JobState, policy: Policy, routing: RoutingRecord | None = None) -> JobRow:
+    """The Cloud's view of one job (``routing``: a plugin's answer for the cooldown under way)."""
     spec = state.spec
-    deadline = next_deadline(state, policy)
+    deadline = next_deadline(state, policy, routing)
     return JobRow(
         job_id=state.job_id,
         status=state.status.value if state.status is not None else None,
@@ -193,11 +194,12 @@ def settled_update(
     events: Sequence[RecordedEvent],
     projected_seq: int,
     policy: Policy,
+    routing: RoutingRecord | None = None,
 ) -> tuple[ProjectionUpdate, AttemptsSoFar]:
     """The update of a job whose ``events`` came after the attempts ``before`` (all of them, for
     a whole history), and its attempts after them. ``before`` must not be newer than the
     stored rows (``projected_seq``): the update upserts only the attempt rows ``events`` touch."""
-    row = job_row(state, policy)
+    row = job_row(state, policy, routing)
     timer = None
     if row.next_deadline_at is not None and row.deadline_kind is not None:
         timer = TimerRow(state.job_id, row.next_deadline_at, row.deadline_kind)

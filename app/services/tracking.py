@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from app.domain.chain import RecordedEvent
 from app.domain.decide import decide
-from app.domain.events import JobEvent
+from app.domain.events import JobEvent, RoutingRecord
 from app.domain.machine import fold
 from app.domain.policy import Policy
 from app.domain.state import JobState
@@ -30,6 +30,7 @@ from app.ports import (
     WriteRefused,
 )
 from app.services.projection import settled_update
+from app.services.routing import Router
 from app.services.snapshots import FoldCounts, Folded, JobFold, encode, fold_jobs
 
 MAX_DECISIONS_PER_SETTLE = 8
@@ -59,6 +60,8 @@ class Tracker:
     """Called after each commit, per job, with its update and the events newly projected."""
     folds: FoldCounts = field(default_factory=FoldCounts)
     """Where settles started their folds (a snapshot, or a whole history) and what they folded."""
+    router: Router | None = None
+    """Asks routing plugins, when the policy names any; fed every settled job's new events."""
 
     async def record(self, events: Sequence[JobEvent]) -> list[AppendOutcome]:
         """Append events (idempotently), then settle and project every job they touch."""
@@ -83,7 +86,9 @@ class Tracker:
         """
         now = now or self.clock.now()
         jobs = await fold_jobs(self.log, self.store, job_ids, self.policy, self.folds)
+        self._observe(jobs)
         await self._decide_all(jobs, now)
+        self._observe(jobs)
         seqs = await self.store.projected_seqs(list(jobs))
         updates = [
             self._update(job, seqs.get(job_id, 0))
@@ -138,7 +143,11 @@ class Tracker:
         """
         pending = list(jobs)
         for _ in range(MAX_DECISIONS_PER_SETTLE):
-            decided = {j: d for j in pending if (d := decide(jobs[j].state, now, self.policy))}
+            decided = {
+                j: d
+                for j in pending
+                if (d := decide(jobs[j].state, now, self.policy, self._routing(jobs[j])))
+            }
             if not decided:
                 return
             await self.log.append_many([e for events in decided.values() for e in events], now)
@@ -151,10 +160,21 @@ class Tracker:
                 self._announce(events, jobs[job_id].state)
             pending = list(decided)
 
+    def _observe(self, jobs: dict[str, JobFold]) -> None:
+        if self.router is not None:
+            for job in jobs.values():
+                self.router.fleet.observe(job.events)
+
+    def _routing(self, job: JobFold) -> RoutingRecord | None:
+        """A routing plugin's answer for the job's cooldown, if one routes it."""
+        if self.router is None:
+            return None
+        return self.router.record_for(job.state, self.policy)
+
     def _update(self, job: JobFold, projected_seq: int) -> ProjectionUpdate:
         """The job's projection update, with its snapshot at its last entry."""
         update, attempts = settled_update(
-            job.state, job.before, job.events, projected_seq, self.policy
+            job.state, job.before, job.events, projected_seq, self.policy, self._routing(job)
         )
         snapshot = encode(Folded(job.state, attempts), job.tip_hash, self.policy)
         return replace(update, snapshot=snapshot)

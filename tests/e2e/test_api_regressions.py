@@ -201,6 +201,7 @@ async def test_fleet_refuses_the_instants_jobs_refuses(api: httpx.AsyncClient, v
         ("/redrive", json.dumps({"actor": "\x00", "since": "x" * 60_000})),
         ("/jobs/job-waiting/cancel", "{not json"),
         ("/jobs/bad$id/cancel", json.dumps({"actor": "ann"})),
+        ("/jobs/bad$id/redrive", json.dumps({"actor": "ann", "extra": 1})),
         ("/jobs/job-waiting/cancel?owner=me", json.dumps({"actor": 1})),
     ],
 )
@@ -238,6 +239,17 @@ async def test_the_openapi_document_declares_the_real_answers(api: httpx.AsyncCl
         ("get", "/dashboard"): {"200", "413", "422"},
         ("get", "/asyncapi.json"): {"200", "413", "422"},
         ("post", "/jobs/{job_id}/cancel"): {
+            "200",
+            "400",
+            "401",
+            "403",
+            "404",
+            "409",
+            "413",
+            "422",
+            "503",
+        },
+        ("post", "/jobs/{job_id}/redrive"): {
             "200",
             "400",
             "401",

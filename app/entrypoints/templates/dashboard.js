@@ -31,7 +31,10 @@ function fillRows(tbody, rows, columns, emptyText) {
   }
   for (const cells of rows) {
     const tr = el("tr");
-    for (const [text, cls] of cells) tr.appendChild(el("td", text, cls));
+    for (const [text, cls, href] of cells) {
+      const td = tr.appendChild(el("td", href ? undefined : text, cls));
+      if (href) td.appendChild(el("a", text)).href = href;
+    }
     fresh.appendChild(tr);
   }
   tbody.replaceWith(fresh);
@@ -45,6 +48,7 @@ async function getJson(path) {
   if (!response.ok) throw new Error(path + " answered HTTP " + response.status);
   return response.json();
 }
+function jobLink(id) { return "dashboard/jobs/" + encodeURIComponent(id); }
 function time(iso) { return iso ? iso.replace("T", " ").slice(0, 19) : ""; }
 function pct(x) { return x === null || x === undefined ? "—" : (100 * x).toFixed(1) + "%"; }
 
@@ -111,12 +115,12 @@ function renderQueues(queues, byQueue) {
   fillRows($("queue-rows"), rows, 7, "no work queues yet");
 }
 function renderDeadLetters(dead) {
-  const rows = dead.items.map((d) => [[d.job_id], [d.reason], [d.error_code || ""],
+  const rows = dead.items.map((d) => [[d.job_id, "", jobLink(d.job_id)], [d.reason], [d.error_code || ""],
     [d.detail || "", "msg"], [d.pool || ""], [d.attempt, "num"], [time(d.updated_at)]]);
   fillRows($("dead-rows"), rows, 7, "no dead letters");
 }
 function renderAnomalies(anomalies) {
-  const rows = anomalies.items.map((a) => [[a.job_id], [a.status || "unknown"],
+  const rows = anomalies.items.map((a) => [[a.job_id, "", jobLink(a.job_id)], [a.status || "unknown"],
     [a.anomalies, "num"], [a.attempt, "num"], [a.pool || ""], [time(a.updated_at)]]);
   fillRows($("anomaly-rows"), rows, 6, "no anomalies among the jobs scanned");
   $("anomaly-window").textContent = anomalies.scanned;
