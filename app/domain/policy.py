@@ -17,6 +17,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.domain.events import JobType, Name, PoolName, Priority
+from app.domain.sla import (
+    FairnessSection,
+    SlaSection,
+    SlaTargets,
+    check_sla_keys,
+    resolve_targets,
+)
 from app.domain.state import JobSpec
 
 Seconds = Annotated[float, Field(gt=0, le=366 * 24 * 3600)]
@@ -59,6 +66,14 @@ class PolicyFile(_Strict):
     profiles: dict[str, Section] = {}
     pools: dict[str, Section] = {}
     queues: dict[str, Name] = {}
+    # Latency targets and the fairness rule (app/domain/sla.py): read by reports, never by decide.
+    sla: dict[str, SlaSection] = {}
+    fairness: FairnessSection = FairnessSection()
+
+    @field_validator("sla")
+    @classmethod
+    def _sla_names(cls, value: dict[str, SlaSection]) -> dict[str, SlaSection]:
+        return check_sla_keys(value)
 
     @field_validator("profiles")
     @classmethod
@@ -230,6 +245,10 @@ class Policy:
             reroute_after_failures=layer.reroute_after_failures,
             routing=layer.routing,
         )
+
+    def sla_targets(self, job_type: str, priority: str) -> SlaTargets:
+        """The latency targets of a (job type, priority class); empty when the file sets none."""
+        return resolve_targets(self.document.sla, job_type, priority)
 
     def routing_plugins(self) -> frozenset[str]:
         """Every routing plugin the policy names, in any section."""

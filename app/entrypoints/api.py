@@ -35,6 +35,7 @@ from app.entrypoints.api_edge import (
 )
 from app.entrypoints.api_models import HealthOut, HistoryEntryOut, JobsQuery, StatsOut
 from app.entrypoints.api_operators import RabbitActions, operators
+from app.entrypoints.api_sla import latency
 from app.entrypoints.dashboard import install_dashboard
 from app.entrypoints.shapes import flat_event, row_json
 from app.ports import (
@@ -261,6 +262,7 @@ def create_api(
     api.include_router(operators)
     install_dashboard(api, settings)
     api.include_router(audits)
+    api.include_router(latency)
     install_error_handlers(api)
     api.add_middleware(BodyLimit)
     api.add_middleware(RequestTimer, metrics=context.metrics)

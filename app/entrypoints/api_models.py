@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.domain.state import JobStatus
+from app.entrypoints.api_sla import DashboardLatencyOut
 from app.ports import JobFilter
 from app.services.queries import DEFAULT_PAGE_SIZE, MAX_CURSOR_LENGTH, MAX_PAGE_SIZE
 
@@ -179,3 +180,4 @@ class DashboardDataOut(BaseModel):
     dead_letters: DeadLettersOut
     anomalies: AnomaliesOut
     queues: QueueHealthOut
+    latency: DashboardLatencyOut

@@ -55,6 +55,8 @@ class Tracker:
     """Called after each committed batch with the events newly appended (not duplicates)."""
     on_timer_lag: Callable[[float], None] | None = None
     """Called with how late (seconds) the earliest due timer fired."""
+    on_projected: Callable[[ProjectionUpdate, Sequence[RecordedEvent]], None] | None = None
+    """Called after each commit, per job, with its update and the events newly projected."""
     folds: FoldCounts = field(default_factory=FoldCounts)
     """Where settles started their folds (a snapshot, or a whole history) and what they folded."""
     router: Router | None = None
@@ -97,6 +99,11 @@ class Tracker:
             await self.store.apply(updates)
             if self.on_outbox is not None and any(u.outbox for u in updates):
                 self.on_outbox()
+            if self.on_projected is not None:
+                for update in updates:
+                    since = seqs.get(update.job.job_id, 0)
+                    fresh = [e for e in jobs[update.job.job_id].events if e.seq > since]
+                    self.on_projected(update, fresh)
 
     async def fire_due_timers(self, limit: int = 500) -> int:
         """Settle every job whose deadline has passed; returns how many were due."""

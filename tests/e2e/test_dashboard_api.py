@@ -136,6 +136,17 @@ def test_the_data_lists_dead_letters_anomalies_and_queue_health(stack: dict[str,
     assert dead not in anomalies
     assert data["anomalies"]["scanned"] >= 2
     assert data["queues"]["available"] is True and data["queues"]["message"] is None
+    latency = data["latency"]
+    assert (latency["source"], latency["by"], latency["minutes"]) == (
+        "projection",
+        ["pool", "priority"],
+        15,
+    )
+    (group,) = [g for g in latency["groups"] if g["pool"] == pool]
+    assert group["priority"] == "bulk"
+    counts = [group[m]["count"] for m in ("wait", "run", "end_to_end")]
+    assert counts == [2, 2, 1]  # both reserved; one failed, one completed
+    assert latency["starved"] == []
     queue = f"jobtrail.work.{pool}.sync"
 
     def work_queues() -> dict[str, Any]:

@@ -225,6 +225,8 @@ def test_the_dashboard_updates_live_in_a_real_browser(
         assert cells[1:5] == ["non_retryable", "bad_input", "the prompt is empty", "cpu"]
         wait.until(lambda d: "jobtrail.work.gpu-a.sync" in d.find_element(By.ID, "queue-rows").text)
         assert browser.find_element(By.ID, "queues-unavailable").text == ""
+        wait.until(lambda d: row_of(d, "latency-rows", "gpu-a"))  # the traffic's pool
+        assert browser.find_element(By.ID, "starved").text == "No tenant starved."
         outcomes = browser.execute_script(  # the chart is a new <svg> at every poll
             "return Array.from(document.querySelectorAll('#throughput rect[data-outcome]'),"
             " bar => bar.dataset.outcome)"

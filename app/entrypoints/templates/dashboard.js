@@ -125,6 +125,22 @@ function renderAnomalies(anomalies) {
   fillRows($("anomaly-rows"), rows, 6, "no anomalies among the jobs scanned");
   $("anomaly-window").textContent = anomalies.scanned;
 }
+function seconds(x) { return x === null || x === undefined ? "—" : String(x); }
+function renderLatency(latency) {
+  const rows = latency.groups.map((g) => {
+    const over = Object.values(g.wait.breaches).concat(Object.values(g.run.breaches),
+      Object.values(g.end_to_end.breaches)).reduce((a, b) => a + b, 0);
+    return [[g.pool], [g.priority], [g.wait.count, "num"],
+      [`${seconds(g.wait.p50)} / ${seconds(g.wait.p95)} / ${seconds(g.wait.p99)}`, "num"],
+      [seconds(g.run.p95), "num"], [seconds(g.end_to_end.p95), "num"],
+      [over, over ? "num bad" : "num"]];
+  });
+  fillRows($("latency-rows"), rows, 7, "no attempt reserved or ended in the window");
+  $("latency-window").textContent = latency.minutes;
+  $("starved").textContent = latency.starved.length === 0 ? "No tenant starved." :
+    "Starved: " + latency.starved.map((s) => `${s.tenant} in ${s.pool} (wait p95 ` +
+      `${s.wait_p95} s, others ${s.others_wait_p95} s)`).join("; ");
+}
 function render(stats, data) {
   renderStatuses(stats.jobs);
   renderRates(stats.attempts);
@@ -132,6 +148,7 @@ function render(stats, data) {
   renderQueues(data.queues, stats.jobs.by_queue);
   renderDeadLetters(data.dead_letters);
   renderAnomalies(data.anomalies);
+  renderLatency(data.latency);
   const health = $("health");
   health.textContent = stats.health.status;
   health.className = "badge " + stats.health.status;
