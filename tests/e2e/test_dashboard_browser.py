@@ -227,6 +227,10 @@ def test_the_dashboard_updates_live_in_a_real_browser(
         assert browser.find_element(By.ID, "queues-unavailable").text == ""
         wait.until(lambda d: row_of(d, "latency-rows", "gpu-a"))  # the traffic's pool
         assert browser.find_element(By.ID, "starved").text == "No tenant starved."
+        # Fairness comes from GET /fairness (the log), fetched once the token was given: the
+        # dead letter's tenant is the only one to submit to and start on pool cpu.
+        wait.until(lambda d: row_of(d, "fairness-rows", "cpu"))
+        assert row_of(browser, "fairness-rows", "cpu")[1:4] == ["globex", "100.0%", "100.0%"]
         outcomes = browser.execute_script(  # the chart is a new <svg> at every poll
             "return Array.from(document.querySelectorAll('#throughput rect[data-outcome]'),"
             " bar => bar.dataset.outcome)"

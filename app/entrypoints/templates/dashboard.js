@@ -1,6 +1,7 @@
 
 "use strict";
 const POLL_MS = 2000;
+const FAIRNESS_MS = 60000;  // GET /fairness reads the log: once a minute is plenty
 const TOKEN_KEY = "jobtrail.token";
 const STATUSES = ["queued", "reserved", "cooling_down", "completed", "expired",
   "dead_lettered", "cancelled"];
@@ -141,6 +142,30 @@ function renderLatency(latency) {
     "Starved: " + latency.starved.map((s) => `${s.tenant} in ${s.pool} (wait p95 ` +
       `${s.wait_p95} s, others ${s.others_wait_p95} s)`).join("; ");
 }
+function renderFairness(report) {
+  const rows = [];
+  for (const pool of report.pools) {
+    for (const t of pool.tenants) {
+      rows.push([[pool.pool], [t.tenant], [pct(t.submitted_share), "num"],
+        [pct(t.started_share), "num"], [seconds(t.wait_p95), "num"],
+        [seconds(t.others_wait_p95), "num"], [t.starved ? "starved" : "", t.starved ? "bad" : ""]]);
+    }
+  }
+  fillRows($("fairness-rows"), rows, 7, "no job submitted or started in the window");
+  $("fairness-factor").textContent = report.starvation_factor;
+}
+async function pollFairness() {
+  let next = FAIRNESS_MS;
+  try {
+    const since = new Date(Date.now() - 15 * 60 * 1000).toISOString();
+    renderFairness(await getJson("fairness?since=" + encodeURIComponent(since)));
+  } catch (error) {
+    if (error instanceof AuthNeeded) next = POLL_MS;  // again as soon as a token is given
+    else showError("Fairness update failed: " + error.message + " (retrying)");
+  } finally {
+    setTimeout(pollFairness, next);
+  }
+}
 function render(stats, data) {
   renderStatuses(stats.jobs);
   renderRates(stats.attempts);
@@ -184,3 +209,4 @@ $("auth").addEventListener("submit", (event) => {
   $("token").value = "";
 });
 poll();
+pollFairness();
