@@ -127,17 +127,22 @@ class Tracker:
     async def _decide_all(self, jobs: dict[str, JobFold], now: datetime) -> None:
         """Record what ``decide`` says for every job, until no job has anything more to decide.
 
-        Each round reads back only the entries after each decided job's state.
+        Each round folds the entries it has just appended: a job whose decisions did not all
+        land right after its state (a rival writer's entries came first, or one was a duplicate)
+        reads back the entries after its state instead.
         """
         pending = list(jobs)
         for _ in range(MAX_DECISIONS_PER_SETTLE):
             decided = {j: d for j in pending if (d := decide(jobs[j].state, now, self.policy))}
             if not decided:
                 return
-            await self.log.append_many([e for events in decided.values() for e in events], now)
-            fresh = await self.log.read_jobs_from(
-                {job_id: jobs[job_id].state.last_seq + 1 for job_id in decided}
+            outcomes = await self.log.append_many(
+                [e for events in decided.values() for e in events], now
             )
+            tips = {job_id: jobs[job_id].state.last_seq for job_id in decided}
+            fresh = _following(outcomes, tips)
+            if behind := {j: seq + 1 for j, seq in tips.items() if j not in fresh}:
+                fresh |= await self.log.read_jobs_from(behind)
             for job_id, events in decided.items():
                 jobs[job_id].extend(fresh[job_id], self.policy)
                 self.folds.events += len(fresh[job_id])
@@ -172,6 +177,23 @@ class Tracker:
 def fold_history(events: Sequence[RecordedEvent], policy: Policy) -> JobState:
     """The state of a job from its recorded events (for readers such as status and rebuild)."""
     return fold(events, skew_tolerance=policy.clock_skew_tolerance)
+
+
+def _following(
+    outcomes: Iterable[AppendOutcome], tips: dict[str, int]
+) -> dict[str, list[RecordedEvent]]:
+    """The appended entries of each job whose outcomes are all new entries that follow its tip
+    (``tips``: the seq its state was folded up to) one after another; other jobs are left out."""
+    entries: dict[str, list[RecordedEvent]] = {}
+    broken: set[str] = set()
+    for outcome in outcomes:
+        job = entries.setdefault(outcome.job_id, [])
+        last = job[-1].seq if job else tips[outcome.job_id]
+        if outcome.entry is None or outcome.seq != last + 1:
+            broken.add(outcome.job_id)
+            continue
+        job.append(outcome.entry)
+    return {job_id: job for job_id, job in entries.items() if job_id not in broken}
 
 
 def _unique(job_ids: Iterable[str]) -> list[str]:
