@@ -57,7 +57,7 @@ def rig() -> tuple[Tracker, CountingLog, InMemoryProjectionStore, FakeClock]:
 
 
 async def test_each_settle_folds_only_the_events_after_the_snapshot(rig) -> None:  # type: ignore[no-untyped-def]
-    tracker, log, store, _ = rig
+    tracker, log, store, clock = rig
     await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n")])
     for _ in range(20):
         await tracker.record(beats("j", 50))
@@ -65,10 +65,13 @@ async def test_each_settle_folds_only_the_events_after_the_snapshot(rig) -> None
     assert tracker.folds == FoldCounts(from_snapshot=20, whole=1, refused=0, events=1002)
     [snapshot] = (await store.snapshots(["j"])).values()
     assert snapshot.seq == 1002
-    log.reads_from.clear()
+    assert log.reads_from == [], "each batch folded the snapshot and the entries it appended"
     await tracker.record(beats("j", 3))
-    assert log.reads_from == [{"j": 1002}], "from the snapshot's entry, not from seq 1"
-    assert log.whole_reads == [] and tracker.folds.events == 1005
+    assert log.reads_from == []
+    await log.append_many(beats("j", 2), clock.now())  # entries no settle has seen
+    await tracker.record(beats("j", 1))
+    assert log.reads_from == [{"j": 1005}], "from the snapshot's entry, not from seq 1"
+    assert log.whole_reads == [] and tracker.folds.events == 1008
     state = fold_history(await log.read_job("j"), POLICY)
     assert await store.get_job("j") == job_row(state, POLICY)
 
