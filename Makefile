@@ -72,6 +72,8 @@ bench: $(VENV)/.installed $(SECANTUS)/.installed services
 screenshots: setup services
 	$(BIN)/pytest -q -p no:randomly tests/e2e/test_dashboard_browser.py
 	cp test-artifacts/dashboard.png docs/dashboard.png
+	cp test-artifacts/dashboard-job.png docs/dashboard-job.png
+	cp test-artifacts/dashboard-jobs.png docs/dashboard-jobs.png
 
 clean:
 	rm -rf $(VENV) $(SECANTUS) $(NODE_DIR) .pytest_cache .mypy_cache .ruff_cache .coverage var

@@ -351,11 +351,14 @@ _WHATIF_ROWS = (
     ("reroutes", "rerouted"),
     ("lease expiries", "lease_expiries"),
     ("total cooldown (s)", "cooldown_seconds"),
+    ("mean time to completion (s)", "mean_completion_seconds"),
     ("anomalies", "anomalies"),
 )
 
 
-def _delta(real: float, simulated: float) -> str:
+def _delta(real: float | None, simulated: float | None) -> str:
+    if real is None or simulated is None:  # a mean of nothing (no job completed)
+        return "=" if real == simulated else "-"
     change = simulated - real
     if change == 0:
         return "="
@@ -372,6 +375,10 @@ def whatif_tables(report: Mapping[str, Any], name: str) -> list[Table | Text]:
     for reason in sorted(set(real_reasons) | set(sim_reasons)):
         got, would = real_reasons.get(reason, 0), sim_reasons.get(reason, 0)
         rows.append([f"  dead-lettered: {reason}", got, would, _delta(got, would)])
+    real_pools, sim_pools = real["attempts_by_pool"], sim["attempts_by_pool"]
+    for pool in sorted(set(real_pools) | set(sim_pools)):
+        got, would = real_pools.get(pool, 0), sim_pools.get(pool, 0)
+        rows.append([f"  attempts on {pool}", got, would, _delta(got, would)])
     headers = ["", "really", f"under {name}", "change"]
     parts: list[Table | Text] = [_table(f"As of {report['as_of']}", headers, rows)]
     changed = f"{report['jobs_changed']} of {real['jobs']} jobs would have been decided differently"

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
-from app.ports import EndedCount, GroupCount, JobFilter, JobRow, PageKey, ProjectionStore
+from app.ports import (
+    EndedCount,
+    GroupCount,
+    JobFilter,
+    JobRow,
+    LatencyRow,
+    PageKey,
+    ProjectionStore,
+)
 
 
 def _matches(row: JobRow, filters: JobFilter, after: PageKey | None) -> bool:
@@ -26,6 +34,10 @@ def _matches(row: JobRow, filters: JobFilter, after: PageKey | None) -> bool:
 
 def _minute(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def _in(at: datetime | None, since: datetime, until: datetime) -> bool:
+    return at is not None and since <= at < until
 
 
 class InMemoryJobQueries:
@@ -56,6 +68,15 @@ class InMemoryJobQueries:
                 if ended is not None and outcome is not None and since <= ended < until:
                     counts[_minute(ended), outcome] += 1
         return [EndedCount(minute, outcome, n) for (minute, outcome), n in counts.items()]
+
+    async def latency_rows(self, since: datetime, until: datetime) -> list[LatencyRow]:
+        """Attempts reserved or ended in ``[since, until)``, with their job's kind and tenant."""
+        found = []
+        async for job in self._store.all_jobs():
+            for attempt in await self._store.get_attempts(job.job_id):
+                if _in(attempt.reserved_at, since, until) or _in(attempt.ended_at, since, until):
+                    found.append(LatencyRow.of(job, attempt))
+        return found
 
     async def ping(self) -> None:
         """Always answers."""

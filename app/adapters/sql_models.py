@@ -129,7 +129,9 @@ attempts = Table(
     _at("ended_at"),
     _name("outcome", length=KIND_LENGTH),
     _name("error_code"),
+    _at("queued_at"),  # 0008: the wait of a retried attempt runs from its republish
     Index("ix_attempts_ended_at", "ended_at", "outcome"),
+    Index("ix_attempts_reserved_at", "reserved_at"),
 )
 
 outbox = Table(

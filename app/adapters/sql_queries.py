@@ -13,7 +13,7 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select
 from sqlalchemy import tuple_ as sql_tuple
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +26,7 @@ from app.ports import (
     InvalidQuery,
     JobFilter,
     JobRow,
+    LatencyRow,
     PageKey,
     ProjectionUnavailable,
 )
@@ -130,6 +131,36 @@ class SqlJobQueries(EngineHolder):
             EndedCount(datetime.fromisoformat(row.minute).replace(tzinfo=UTC), row.outcome, row.n)
             for row in rows
         ]
+
+    async def latency_rows(self, since: datetime, until: datetime) -> list[LatencyRow]:
+        """Attempts reserved or ended in ``[since, until)`` (through ix_attempts_reserved_at and
+        ix_attempts_ended_at), joined to their job's kind, tenant and submission."""
+        a = attempts.c
+        query = (
+            select(
+                a.job_id,
+                a.attempt,
+                a.pool,
+                jobs.c.job_type,
+                jobs.c.priority,
+                jobs.c.tenant,
+                jobs.c.submitted_at,
+                a.queued_at,
+                a.reserved_at,
+                a.ended_at,
+                a.outcome,
+            )
+            .join(jobs, jobs.c.job_id == a.job_id)
+            .where(
+                or_(
+                    and_(a.reserved_at >= since, a.reserved_at < until),
+                    and_(a.ended_at >= since, a.ended_at < until),
+                )
+            )
+        )
+        with _read_errors("reading attempt latencies"):
+            async with self._engine.connect() as conn:
+                return [LatencyRow(**row._mapping) for row in await conn.execute(query)]
 
     async def ping(self) -> None:
         """A trivial query on the jobs table; raises ``ProjectionUnavailable`` if it fails."""

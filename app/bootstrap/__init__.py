@@ -28,6 +28,7 @@ from app.adapters.sql_queries import SqlJobQueries
 from app.adapters.sql_rebuild import PREVIOUS, REBUILT_TABLES, SqlRebuildTables
 from app.adapters.sql_schema import migrate
 from app.adapters.sql_store import SqlProjectionStore
+from app.bootstrap.routing import build_router
 from app.domain.policy import Policy
 from app.ports import (
     AnchorBackend,
@@ -215,7 +216,14 @@ def build_tracking(settings: Settings) -> Tracking:
         owner=member,
         lease=settings.outbox_lease_s,
     )
-    tracker = Tracker(readers.log, readers.store, readers.policy, clock, on_outbox=relay.wake)
+    tracker = Tracker(
+        readers.log,
+        readers.store,
+        readers.policy,
+        clock,
+        on_outbox=relay.wake,
+        router=build_router(readers.policy),
+    )
     batcher = Batcher(
         tracker.record, health, max_size=settings.batch_size, max_wait=settings.batch_wait_ms / 1000
     )

@@ -22,8 +22,20 @@ from prometheus_client import (
     generate_latest,
 )
 
-from app.domain.events import DERIVED_TYPES, EVENT_TYPES, DeadLettered, DeadLetterReason, JobEvent
+from app.domain.chain import RecordedEvent
+from app.domain.events import (
+    DERIVED_TYPES,
+    EVENT_TYPES,
+    DeadLettered,
+    DeadLetterReason,
+    JobEvent,
+    JobType,
+    Priority,
+)
+from app.domain.sla import Measure
 from app.domain.state import JobState
+from app.ports import ProjectionUpdate
+from app.services.latency import fresh_samples
 
 if TYPE_CHECKING:
     from app.bootstrap import Tracking
@@ -38,6 +50,12 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 PROJECTION_LAG_HELP = (
     "From the oldest event of the last committed batch occurring to its projection."
 )
+JOB_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
+JOB_LATENCY_HELP = {
+    Measure.WAIT: "From an attempt being queued (submitted, retried, rerouted) to its reservation.",
+    Measure.RUN: "From an attempt's reservation to its completion, failure or expiry.",
+    Measure.END_TO_END: "From a job's submission to its completion.",
+}
 TIMER_LAG_HELP = "How late the most overdue deadline of the last timer pass fired."
 
 
@@ -100,6 +118,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._latency = {
+            measure: Histogram(
+                f"jobtrail_job_{measure}_seconds",
+                help_text,
+                ["pool", "job_type", "priority"],
+                buckets=JOB_LATENCY_BUCKETS,
+                registry=self.registry,
+            )
+            for measure, help_text in JOB_LATENCY_HELP.items()
+        }
+        self._pool = _Bounded(())
+        self._job_type = _Bounded(JobType, limit=len(JobType))
+        self._priority = _Bounded(Priority, limit=len(Priority))
         # Closed sets: a value outside them is a bug or a newer producer, counted as OTHER.
         self._event_type = _Bounded(EVENT_TYPES, limit=len(EVENT_TYPES))
         self._decision_kind = _Bounded(kinds, limit=len(kinds))
@@ -150,6 +181,22 @@ class Metrics:
         """Count one quarantined input (an ``Ingestor.quarantined`` callback)."""
         self._quarantined.labels(self._quarantine_reason(reason)).inc()
 
+    def on_projected(self, update: ProjectionUpdate, events: Sequence[RecordedEvent]) -> None:
+        """A ``Tracker.on_projected`` listener: the waits, runs and end-to-end times that the
+        newly projected events completed, labelled by pool, job type and priority (no job id)."""
+        for sample in fresh_samples(update.job, update.attempts, events):
+            key = sample.key
+            self.observe_latency(
+                sample.measure, key.pool, key.job_type, key.priority, sample.seconds
+            )
+
+    def observe_latency(
+        self, measure: Measure, pool: str, job_type: str, priority: str, seconds: float
+    ) -> None:
+        """Observe one wait, run or end-to-end time (a negative one, from a clock step, as 0)."""
+        labels = (self._pool(pool), self._job_type(job_type), self._priority(priority))
+        self._latency[measure].labels(*labels).observe(max(0.0, seconds))
+
     def projection_lag(self, seconds: float) -> None:
         """Set the projection lag (negative values, from skewed producer clocks, count as 0)."""
         self._projection_lag.set(max(0.0, seconds))
@@ -167,6 +214,7 @@ class Metrics:
         tracking.tracker.on_decision = self.on_decision
         tracking.tracker.on_recorded = self._recorded_batch
         tracking.tracker.on_timer_lag = self.timer_lag
+        tracking.tracker.on_projected = self.on_projected
         tracking.ingestor.quarantined = self.quarantined
         tracking.ingestor.misrouted = self.misrouted
         Gauge(

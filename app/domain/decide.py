@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from app.domain.events import (
@@ -19,10 +19,14 @@ from app.domain.events import (
     Expired,
     ExpiryReason,
     JobEvent,
+    PoolFigures,
     Rerouted,
     Retried,
+    Routed,
+    RoutingRecord,
 )
 from app.domain.policy import JobPolicy, Policy, RetrySettings
+from app.domain.routing import RoutingChoice, RoutingRequest
 from app.domain.state import JobSpec, JobState, JobStatus
 
 JOBTRAIL_SOURCE = "jobtrail"
@@ -82,7 +86,12 @@ def next_deadline(state: JobState, policy: Policy) -> Deadline | None:
 
 
 def decide(state: JobState, now: datetime, policy: Policy) -> tuple[JobEvent, ...]:
-    """The events Jobtrail records for this job at ``now`` (usually none)."""
+    """The events Jobtrail records for this job at ``now`` (usually none).
+
+    A routing plugin's answer for the cooldown under way is part of the state (folded from its
+    ``routed`` event): its pool and cooldown replace the policy's rule, and the republish
+    carries a copy. So a plugin's decision is reproduced from the log, without the plugin.
+    """
     if state.spec is None or state.status is None or state.is_terminal:
         return ()
     rules = policy.for_job(state.spec)
@@ -93,8 +102,63 @@ def decide(state: JobState, now: datetime, policy: Policy) -> tuple[JobEvent, ..
     return _after_failure(state, state.spec, now, policy, rules)
 
 
+def routing_plugin_for(state: JobState, policy: Policy, only: str | None = None) -> str | None:
+    """The routing plugin to ask about this job now: ``only`` or the one its rules name, if the
+    job is cooling down towards a republish (not towards a dead letter) and its cooldown has no
+    recorded answer yet; None otherwise."""
+    if state.spec is None or state.status is not JobStatus.COOLING_DOWN:
+        return None
+    if state.routing is not None:
+        return None
+    rules = policy.for_job(state.spec)
+    name = only or rules.routing
+    if name is None or _give_up_reason(state, rules) is not None:
+        return None
+    return name
+
+
+def routing_request(
+    state: JobState, policy: Policy, fleet: tuple[PoolFigures, ...]
+) -> RoutingRequest:
+    """What a routing plugin is asked about a cooling job (``routing_plugin_for`` named one)."""
+    assert state.spec is not None and state.status is JobStatus.COOLING_DOWN
+    rules = policy.for_job(state.spec)
+    rule = RoutingChoice(_rule_pool(state, rules), _policy_cooldown(state, policy, rules))
+    candidates = tuple(p for p in dict.fromkeys(rules.fallback_pools) if p != state.pool)
+    return RoutingRequest(state=state, fleet=fleet, candidates=candidates, rule=rule)
+
+
+def deciding_state(state: JobState, event: JobEvent) -> JobState:
+    """The state a recorded decision was decided from. A republish recorded before ``routed``
+    events existed carries the plugin's answer itself, with no ``routed`` event before it."""
+    if (
+        isinstance(event, Retried | Rerouted)
+        and event.routing is not None
+        and state.routing is None
+    ):
+        return replace(state, routing=event.routing)
+    return state
+
+
+def routed(state: JobState, now: datetime, record: RoutingRecord) -> Routed:
+    """The decision that records a routing plugin's answer for the job's cooldown: one id per
+    attempt, so two trackers asking at once record the answer once (the first one appended)."""
+    return Routed(
+        event_id=derived_event_id(state.job_id, "routed", state.attempt),
+        job_id=state.job_id,
+        occurred_at=now,
+        attempt=state.attempt,
+        source=JOBTRAIL_SOURCE,
+        routing=record,
+    )
+
+
 def _after_failure(
-    state: JobState, spec: JobSpec, now: datetime, policy: Policy, rules: JobPolicy
+    state: JobState,
+    spec: JobSpec,
+    now: datetime,
+    policy: Policy,
+    rules: JobPolicy,
 ) -> tuple[JobEvent, ...]:
     reason = _give_up_reason(state, rules)
     if reason is not None:
@@ -116,11 +180,8 @@ def _give_up_reason(state: JobState, rules: JobPolicy) -> DeadLetterReason | Non
     return None
 
 
-def _republish(
-    state: JobState, spec: JobSpec, now: datetime, policy: Policy, rules: JobPolicy
-) -> JobEvent:
-    assert state.pool is not None and state.queue is not None
-    attempt = state.attempt + 1
+def _rule_pool(state: JobState, rules: JobPolicy) -> str | None:
+    """The policy's reroute rule: the next fallback pool after k failures here, else stay."""
     fallback = rules.fallback_pools
     threshold = rules.reroute_after_failures
     if (
@@ -128,7 +189,25 @@ def _republish(
         and state.failures_on_pool >= threshold
         and state.fallback_index < len(fallback)
     ):
-        pool = fallback[state.fallback_index]
+        return fallback[state.fallback_index]
+    return None
+
+
+def _republish(
+    state: JobState,
+    spec: JobSpec,
+    now: datetime,
+    policy: Policy,
+    rules: JobPolicy,
+) -> JobEvent:
+    assert state.pool is not None and state.queue is not None
+    attempt = state.attempt + 1
+    routing = state.routing
+    if routing is None:
+        pool = _rule_pool(state, rules)
+    else:
+        pool = routing.pool if routing.pool != state.pool else None
+    if pool is not None:
         return Rerouted(
             event_id=derived_event_id(state.job_id, "rerouted", attempt),
             job_id=state.job_id,
@@ -138,6 +217,7 @@ def _republish(
             from_pool=state.pool,
             pool=pool,
             queue=policy.queue_for(pool, spec.job_type),
+            routing=routing,
         )
     return Retried(
         event_id=derived_event_id(state.job_id, "retried", attempt),
@@ -147,6 +227,7 @@ def _republish(
         source=JOBTRAIL_SOURCE,
         pool=state.pool,
         queue=state.queue,
+        routing=routing,
     )
 
 
@@ -194,5 +275,12 @@ def _lease_deadline(state: JobState, rules: JobPolicy) -> datetime:
 
 
 def _cooldown_of(state: JobState, policy: Policy, rules: JobPolicy) -> timedelta:
+    """The cooldown under way: the routing plugin's recorded answer, else the policy's."""
+    if state.routing is not None:
+        return timedelta(seconds=state.routing.cooldown_seconds)
+    return _policy_cooldown(state, policy, rules)
+
+
+def _policy_cooldown(state: JobState, policy: Policy, rules: JobPolicy) -> timedelta:
     failures = state.attempt - state.redrive_base
     return cooldown(rules.retry, failures, state.job_id, state.attempt, policy.jitter)

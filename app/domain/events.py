@@ -19,9 +19,11 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     TypeAdapter,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -168,7 +170,50 @@ class Expired(EventBase):
     detail: Text = ""
 
 
-class Retried(EventBase):
+class PoolFigures(_Frozen):
+    """One pool in a fleet snapshot: its recent attempts' failure rate and wait for a node."""
+
+    pool: PoolName
+    outcomes: Annotated[int, Field(ge=0)]
+    """How many recent attempts ended (completed, failed, lease ran out) on the pool."""
+    failure_rate: Annotated[float, Field(ge=0, le=1)]
+    wait_seconds: Annotated[float, Field(ge=0)] | None = None
+    """The mean recent wait from being queued to being reserved; None if none was seen."""
+
+
+class RoutingRecord(_Frozen):
+    """A routing plugin's decision as recorded: who answered, what it saw, what it said.
+
+    Replay, rebuild and verify decide from this record and never call the plugin again. When
+    the plugin failed or answered nonsense, ``fallback`` says why and ``pool`` and
+    ``cooldown_seconds`` are the policy's own rule, which decided instead.
+    """
+
+    plugin: Name
+    version: Name
+    fleet: tuple[PoolFigures, ...] = Field(default=(), max_length=256)
+    pool: PoolName | None = None
+    """The pool to republish to; None stays on the job's pool."""
+    cooldown_seconds: Annotated[float, Field(ge=0, le=366 * 24 * 3600)]
+    fallback: Text | None = None
+
+
+class _Republished(EventBase):
+    """A republish Jobtrail decided; ``routing`` is there only when a plugin was asked."""
+
+    routing: RoutingRecord | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_routing(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Events recorded before routing plugins existed must keep their canonical JSON (and
+        # so their hashes): an absent record is left out rather than written as null.
+        data: dict[str, Any] = handler(self)
+        if data.get("routing") is None:
+            data.pop("routing", None)
+        return data
+
+
+class Retried(_Republished):
     """Jobtrail republished the job, after its cooldown, for attempt ``attempt``."""
 
     type: Literal["retried"] = "retried"
@@ -176,13 +221,24 @@ class Retried(EventBase):
     queue: QueueName
 
 
-class Rerouted(EventBase):
+class Rerouted(_Republished):
     """Jobtrail republished the job for attempt ``attempt`` to another pool."""
 
     type: Literal["rerouted"] = "rerouted"
     from_pool: PoolName
     pool: PoolName
     queue: QueueName
+
+
+class Routed(EventBase):
+    """Jobtrail asked the job's routing plugin, as attempt ``attempt`` began cooling down.
+
+    Recorded before the republish it decides, so a restarted tracker, another one taking over,
+    replay and rebuild all read the answer from the log and never ask the plugin again.
+    """
+
+    type: Literal["routed"] = "routed"
+    routing: RoutingRecord
 
 
 class DeadLettered(EventBase):
@@ -224,6 +280,7 @@ JobEvent = Annotated[
     | Completed
     | Failed
     | Expired
+    | Routed
     | Retried
     | Rerouted
     | DeadLettered
@@ -239,6 +296,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "completed",
     "failed",
     "expired",
+    "routed",
     "retried",
     "rerouted",
     "dead_lettered",
@@ -247,7 +305,9 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 """Every stable type name, in lifecycle order."""
 
-DERIVED_TYPES: frozenset[str] = frozenset({"expired", "retried", "rerouted", "dead_lettered"})
+DERIVED_TYPES: frozenset[str] = frozenset(
+    {"expired", "routed", "retried", "rerouted", "dead_lettered"}
+)
 """Types Jobtrail itself may decide (brokers may also report expired and dead_lettered)."""
 
 EVENT_ADAPTER: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)

@@ -40,6 +40,8 @@ from app.domain.events import (
     Rerouted,
     Reserved,
     Retried,
+    Routed,
+    RoutingRecord,
     Submitted,
 )
 from app.domain.state import Anomaly, JobSpec, JobState, JobStatus
@@ -102,6 +104,8 @@ def _apply(state: JobState, recorded: RecordedEvent) -> JobState | str:
             return _node_report(state, event, recorded)
         case Expired():
             return _expired(state, event, recorded)
+        case Routed():
+            return _routed(state, event, recorded)
         case Retried() | Rerouted() | Redriven():
             return _republished(state, event, recorded)
         case DeadLettered():
@@ -213,7 +217,25 @@ def _cool_down(
         failures_on_pool=state.failures_on_pool + 1,
         lease_from=None,
         lease_seconds=None,
+        routing=None,
     )
+
+
+def _routed(state: JobState, event: Routed, recorded: RecordedEvent) -> JobState | str:
+    """A routing plugin's answer for the cooldown under way: the republish will follow it."""
+    if state.status is not JobStatus.COOLING_DOWN or event.attempt != state.attempt:
+        return f"routing of attempt {event.attempt} while {state.status} (attempt {state.attempt})"
+    if state.routing is not None:
+        return "duplicate_routing: the cooldown already has a routing answer"
+    return _routing_fallback(replace(state, routing=event.routing), event.routing, recorded)
+
+
+def _routing_fallback(state: JobState, routing: RoutingRecord, recorded: RecordedEvent) -> JobState:
+    """Flag a plugin that failed or answered nonsense (the policy's rule decided instead)."""
+    if routing.fallback is None:
+        return state
+    detail = f"plugin {routing.plugin} {routing.version} {routing.fallback}; the policy decided"
+    return _flag(state, recorded, "routing_fallback", detail)
 
 
 def _expired(state: JobState, event: Expired, recorded: RecordedEvent) -> JobState | str:
@@ -233,7 +255,7 @@ def _republished(
     if event.attempt != state.attempt + 1:
         return f"{event.type} to attempt {event.attempt} after attempt {state.attempt}"
     new_pool = event.pool != state.pool or isinstance(event, Redriven)
-    return replace(
+    queued = replace(
         state,
         status=JobStatus.QUEUED,
         attempt=event.attempt,
@@ -241,6 +263,7 @@ def _republished(
         queue=event.queue,
         node_id=None,
         cooling_since=None,
+        routing=None,
         terminal_reason=None,
         failures_on_pool=0 if new_pool else state.failures_on_pool,
         fallback_index=state.fallback_index + 1
@@ -249,6 +272,10 @@ def _republished(
         redrive_base=event.attempt - 1 if isinstance(event, Redriven) else state.redrive_base,
         ttl_from=recorded.recorded_at if isinstance(event, Redriven) else state.ttl_from,
     )
+    routing = None if isinstance(event, Redriven) else event.routing
+    if routing is None or state.routing is not None:  # a ``routed`` event flagged it already
+        return queued
+    return _routing_fallback(queued, routing, recorded)  # a log from before ``routed`` existed
 
 
 def _dead_lettered(state: JobState, event: DeadLettered) -> JobState | str:
@@ -259,5 +286,10 @@ def _terminal_from_live(state: JobState, status: JobStatus, reason: str) -> JobS
     if state.status is None or state.is_terminal:
         return f"{status} of a job that is not live"
     return replace(
-        state, status=status, terminal_reason=reason, lease_from=None, lease_seconds=None
+        state,
+        status=status,
+        terminal_reason=reason,
+        lease_from=None,
+        lease_seconds=None,
+        routing=None,
     )

@@ -17,6 +17,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.domain.events import JobType, Name, PoolName, Priority
+from app.domain.sla import (
+    FairnessSection,
+    SlaSection,
+    SlaTargets,
+    check_sla_keys,
+    resolve_targets,
+)
 from app.domain.state import JobSpec
 
 Seconds = Annotated[float, Field(gt=0, le=366 * 24 * 3600)]
@@ -42,6 +49,8 @@ class Section(_Strict):
     non_retryable_errors: frozenset[str] | None = None
     fallback_pools: tuple[PoolName, ...] | None = None
     reroute_after_failures: Annotated[int, Field(ge=1, le=1000)] | None = None
+    routing: Name | None = None
+    """A routing plugin (entry point of group ``jobtrail.routing``) that picks pool and cooldown."""
     retry: RetrySection = RetrySection()
 
 
@@ -57,6 +66,14 @@ class PolicyFile(_Strict):
     profiles: dict[str, Section] = {}
     pools: dict[str, Section] = {}
     queues: dict[str, Name] = {}
+    # Latency targets and the fairness rule (app/domain/sla.py): read by reports, never by decide.
+    sla: dict[str, SlaSection] = {}
+    fairness: FairnessSection = FairnessSection()
+
+    @field_validator("sla")
+    @classmethod
+    def _sla_names(cls, value: dict[str, SlaSection]) -> dict[str, SlaSection]:
+        return check_sla_keys(value)
 
     @field_validator("profiles")
     @classmethod
@@ -87,6 +104,7 @@ class JobPolicy:
     non_retryable_errors: frozenset[str]
     fallback_pools: tuple[str, ...]
     reroute_after_failures: int | None
+    routing: str | None = None
 
 
 BUILTIN = Section(
@@ -225,7 +243,24 @@ class Policy:
             non_retryable_errors=layer.non_retryable_errors or frozenset(),
             fallback_pools=layer.fallback_pools or (),
             reroute_after_failures=layer.reroute_after_failures,
+            routing=layer.routing,
         )
+
+    def sla_targets(self, job_type: str, priority: str) -> SlaTargets:
+        """The latency targets of a (job type, priority class); empty when the file sets none."""
+        return resolve_targets(self.document.sla, job_type, priority)
+
+    def routing_plugins(self) -> frozenset[str]:
+        """Every routing plugin the policy names, in any section."""
+        doc = self.document
+        sections = [
+            doc.defaults,
+            *doc.job_types.values(),
+            *doc.priorities.values(),
+            *doc.profiles.values(),
+            *doc.pools.values(),
+        ]
+        return frozenset(s.routing for s in sections if s.routing is not None)
 
     def queue_for(self, pool: str, job_type: JobType) -> str:
         """A pool's work queue for a job type: the policy's ``[queues]`` or the default name."""

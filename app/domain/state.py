@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from app.domain.events import JobType, Priority, RetryOverride
+from app.domain.events import JobType, Priority, RetryOverride, RoutingRecord
 
 
 class JobStatus(StrEnum):
@@ -71,6 +71,8 @@ class JobState:
     lease_from: datetime | None = None
     lease_seconds: float | None = None
     cooling_since: datetime | None = None
+    routing: RoutingRecord | None = None
+    """The routing plugin's recorded answer (a ``routed`` event) for the cooldown under way."""
     last_error_code: str | None = None
     last_error_message: str | None = None
     last_failure_retryable: bool | None = None

@@ -25,6 +25,7 @@ from rich.progress import (
 
 from app.bootstrap import Readers, open_rebuild_target, previous_tables
 from app.bootstrap.formats import failure_tables, html_report, open_writer, whatif_tables
+from app.bootstrap.routing import build_router
 from app.domain.chain import RecordedEvent
 from app.domain.events import EVENT_TYPES
 from app.domain.policy import Policy
@@ -36,7 +37,7 @@ from app.services.analysis import Window, analyze
 from app.services.export import EVENT_COLUMNS, JOB_COLUMNS, Selection, replay
 from app.services.rebuild import RebuildReport
 from app.services.rebuild import rebuild as rebuild_projection
-from app.services.whatif import whatif
+from app.services.whatif import recorded_fleet, whatif
 
 EXPORT_BATCH = 5000
 
@@ -239,25 +240,41 @@ def _read_policy(path: Path) -> Policy:
 
 @app.command("whatif")
 def whatif_command(
-    policy: Annotated[Path, typer.Option("--policy", metavar="FILE", help="The other policy.")],
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", metavar="FILE", help="The other policy (default: the live one)."),
+    ] = None,
+    routing: Annotated[
+        str | None,
+        typer.Option("--routing", metavar="NAME", help="Route every job with this routing plugin."),
+    ] = None,
     as_json: JsonOpt = False,
     as_of: Annotated[
         datetime | None, _time_option("--as-of", "History up to this instant (default: now).")
     ] = None,
 ) -> None:
-    """Replay real history under another policy; show it beside what really happened."""
-    other = _read_policy(policy)
+    """Replay real history under another policy or routing plugin; show it beside what really
+    happened."""
+    if policy is None and routing is None:
+        fail("name the other policy (--policy FILE), a routing plugin (--routing NAME) or both", 2)
+    other = _read_policy(policy) if policy is not None else None
     settings = load_settings()
     horizon = as_of or datetime.now(UTC)
+    name = " + ".join(n for n in (policy and policy.name, routing and f"routing {routing}") if n)
 
     async def work(readers: Readers) -> int:
+        simulated = other or readers.policy
+        router = None
+        if routing is not None or simulated.routing_plugins():
+            fleet = await recorded_fleet(readers.log)
+            router = build_router(simulated, routing, fleet)
         with progress_bar("replaying", await readers.log.count()) as step:
-            report = await whatif(readers.log, readers.policy, other, horizon, step)
+            report = await whatif(readers.log, readers.policy, simulated, horizon, step, router)
         if as_json:
             typer.echo(json.dumps(report.as_dict()))
         else:
             console = Console(width=max(Console().width, 100))
-            for part in whatif_tables(report.as_dict(), policy.name):
+            for part in whatif_tables(report.as_dict(), name):
                 console.print(part, soft_wrap=True)
         return 0
 

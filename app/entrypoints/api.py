@@ -16,7 +16,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from app.bootstrap import Readers, open_queries, system_clock
 from app.bootstrap.metrics import Metrics, RequestTimer
@@ -33,8 +33,9 @@ from app.entrypoints.api_edge import (
     errors,
     install_error_handlers,
 )
-from app.entrypoints.api_models import HealthOut, HistoryEntryOut, StatsOut
+from app.entrypoints.api_models import HealthOut, HistoryEntryOut, JobsQuery, StatsOut
 from app.entrypoints.api_operators import RabbitActions, operators
+from app.entrypoints.api_sla import latency
 from app.entrypoints.dashboard import install_dashboard
 from app.entrypoints.shapes import flat_event, row_json
 from app.ports import (
@@ -50,8 +51,6 @@ from app.services import queries as use_cases
 from app.services.health import Health
 from app.services.queries import (
     DEFAULT_STATS_MINUTES,
-    MAX_CURSOR_LENGTH,
-    MAX_PAGE_SIZE,
     MAX_STATS_MINUTES,
     Stats,
 )
@@ -61,15 +60,6 @@ log = logging.getLogger("jobtrail.api")
 
 MAX_BODY_BYTES = MAX_PAYLOAD_BYTES
 PING_TIMEOUT_SECONDS = 5.0
-
-
-class JobsQuery(JobFilter):
-    """The filters of ``GET /jobs`` plus its page size and cursor."""
-
-    limit: int = Field(default=use_cases.DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    cursor: str | None = Field(
-        default=None, min_length=1, max_length=MAX_CURSOR_LENGTH, description="next_cursor"
-    )
 
 
 class JobPageOut(BaseModel):
@@ -272,6 +262,7 @@ def create_api(
     api.include_router(operators)
     install_dashboard(api, settings)
     api.include_router(audits)
+    api.include_router(latency)
     install_error_handlers(api)
     api.add_middleware(BodyLimit)
     api.add_middleware(RequestTimer, metrics=context.metrics)

@@ -1,4 +1,5 @@
-"""What the API answers with 200, declared for its OpenAPI document.
+"""What the API answers with 200, declared for its OpenAPI document, and the query of the job
+lists that ``GET /jobs`` and the dashboard's job search share.
 
 The handlers build their JSON themselves (``JSONResponse``, ``row_json``); these models say what
 that JSON is, and the schemathesis run in the tests checks every answer against them.
@@ -11,6 +12,18 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.domain.state import JobStatus
+from app.entrypoints.api_sla import DashboardLatencyOut
+from app.ports import JobFilter
+from app.services.queries import DEFAULT_PAGE_SIZE, MAX_CURSOR_LENGTH, MAX_PAGE_SIZE
+
+
+class JobsQuery(JobFilter):
+    """The filters of ``GET /jobs`` plus its page size and cursor."""
+
+    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(
+        default=None, min_length=1, max_length=MAX_CURSOR_LENGTH, description="next_cursor"
+    )
 
 
 class HistoryEntryOut(BaseModel):
@@ -167,3 +180,4 @@ class DashboardDataOut(BaseModel):
     dead_letters: DeadLettersOut
     anomalies: AnomaliesOut
     queues: QueueHealthOut
+    latency: DashboardLatencyOut

@@ -1,8 +1,11 @@
-"""Operator endpoints: redrive dead letters and cancel jobs (operator token required)."""
+"""Operator endpoints: redrive dead letters (one, or by filter) and cancel jobs (operator token
+required)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, cast
 
 import aiormq
@@ -14,7 +17,7 @@ from app.domain.events import JOB_ID_PATTERN, DeadLetterReason, JobEvent, Name, 
 from app.entrypoints.api_auth import require_operator
 from app.entrypoints.api_edge import OPERATOR_ERRORS, ApiError, EdgeRoute, errors
 from app.entrypoints.api_models import CancelOut, RedriveOut
-from app.ports import ActionPublisher, Instant, PublishFailed
+from app.ports import ActionPublisher, Instant, JobRow, PublishFailed
 from app.services.operations import (
     InvalidAction,
     RedriveSelection,
@@ -80,6 +83,31 @@ def _context(request: Request) -> tuple[ApiContext, ActionPublisher]:
     return context, actions
 
 
+async def _act_on(
+    request: Request,
+    job_id: str,
+    actor: str,
+    reason: str,
+    make: Callable[[JobRow, str, datetime, str], JobEvent],
+) -> dict[str, object]:
+    """Publish the action ``make`` derives from the job's row: 404 unknown, 409 not applicable."""
+    context, actions = _context(request)
+    row = await context.readers.store.get_job(job_id)
+    if row is None:
+        raise ApiError(404, f"no job {job_id!r}")
+    try:
+        event = make(row, actor, context.clock.now(), reason)
+    except InvalidAction as exc:
+        raise ApiError(409, str(exc)) from exc
+    await actions.publish(event)
+    return {
+        "job_id": job_id,
+        "event_id": str(event.event_id),
+        "attempt": event.attempt,
+        "actor": actor,
+    }
+
+
 @operators.post(
     "/jobs/{job_id}/cancel",
     summary="Cancel a live job (a cancelled event)",
@@ -91,21 +119,28 @@ async def cancel_job(
     body: CancelRequest,
     job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN, max_length=200)],
 ) -> dict[str, object]:
-    context, actions = _context(request)
-    row = await context.readers.store.get_job(job_id)
-    if row is None:
-        raise ApiError(404, f"no job {job_id!r}")
-    try:
-        event = cancel_event(row, body.actor, context.clock.now(), body.reason)
-    except InvalidAction as exc:
-        raise ApiError(409, str(exc)) from exc
-    await actions.publish(event)
-    return {
-        "job_id": job_id,
-        "event_id": str(event.event_id),
-        "attempt": event.attempt,
-        "actor": body.actor,
-    }
+    return await _act_on(request, job_id, body.actor, body.reason, cancel_event)
+
+
+class RedriveJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: Actor
+    reason: Text = Field(default="", description="Why (at most 4000 characters, no NUL).")
+
+
+@operators.post(
+    "/jobs/{job_id}/redrive",
+    summary="Send one dead-lettered job back to its queue (a redriven event)",
+    response_model=CancelOut,
+    responses=errors(404, 409),
+)
+async def redrive_job(
+    request: Request,
+    body: RedriveJobRequest,
+    job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN, max_length=200)],
+) -> dict[str, object]:
+    """The dashboard's job page redrives the job it shows, whatever else is dead-lettered."""
+    return await _act_on(request, job_id, body.actor, body.reason, redrive_event)
 
 
 @operators.post(

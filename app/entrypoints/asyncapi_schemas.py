@@ -30,6 +30,7 @@ from app.domain.events import (
     Rerouted,
     Reserved,
     Retried,
+    Routed,
     Submitted,
     Text,
 )
@@ -37,7 +38,7 @@ from app.ports import topology
 
 EVENT_MODELS: tuple[type[EventBase], ...] = (
     Submitted, Reserved, Heartbeat, Completed, Failed, Expired,
-    Retried, Rerouted, DeadLettered, Cancelled, Redriven,
+    Routed, Retried, Rerouted, DeadLettered, Cancelled, Redriven,
 )  # fmt: skip
 NEEDS_ACTOR = frozenset({"cancelled", "redriven"})
 """Types whose model validator refuses an event without ``actor``."""
@@ -48,6 +49,7 @@ _EMITTERS = {
     "completed": "a node: the attempt succeeded",
     "failed": "a node: the attempt failed (error code, message, retryable or not)",
     "expired": "Jobtrail or the broker: a lease or the job's TTL ran out",
+    "routed": "Jobtrail: a routing plugin's answer for a cooldown, recorded before the republish",
     "retried": "Jobtrail: republished for attempt n+1 after its cooldown",
     "rerouted": "Jobtrail: republished to a fallback pool",
     "dead_lettered": "Jobtrail or the broker: the job was given up",

@@ -30,6 +30,7 @@ from app.entrypoints import (  # noqa: F401 - these modules register their comma
     doctor_cli,
     logs,
     operator_cli,
+    sla_cli,
 )
 from app.entrypoints.audit_cli import AsOfOpt, print_row, progress_bar
 from app.entrypoints.cli_common import (

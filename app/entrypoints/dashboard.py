@@ -9,10 +9,9 @@ everything else still renders.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -24,9 +23,11 @@ from app.domain.state import JobStatus
 from app.entrypoints.api_auth import require_reader
 from app.entrypoints.api_edge import READ_ERRORS, EdgeRoute, answers, errors
 from app.entrypoints.api_models import DashboardDataOut
-from app.entrypoints.dashboard_page import page_html, page_script, page_style
+from app.entrypoints.dashboard_jobs import job_pages
+from app.entrypoints.dashboard_page import content_policy, page_html, page_script, page_style
 from app.ports import JobFilter, JobQueries, JobRow
 from app.services.queries import list_jobs
+from app.services.sla import latency_overview, report_window
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ ANOMALY_WINDOW = 1000
 """How many of the most recently changed jobs the anomaly panel scans (two keyset pages)."""
 ANOMALIES_SHOWN = 50
 NOT_AVAILABLE = "RabbitMQ management API not available"
+LATENCY_MINUTES = 15
+"""The latency panel's window: attempts reserved or ended in the last quarter hour."""
 _PAGE = 500
 _DETAIL_CHARS = 300
 
@@ -68,6 +71,7 @@ def install_dashboard(api: FastAPI, settings: Settings) -> None:
     management = RabbitManagement.from_urls(settings.rabbit_url, extra.rabbit_api_url)
     setattr(api.state, DASHBOARD_STATE, Dashboard(management, settings))
     api.include_router(dashboard)
+    api.include_router(job_pages)
 
 
 def _dashboard(request: Request) -> Dashboard:
@@ -79,25 +83,6 @@ def _dashboard(request: Request) -> Dashboard:
     made = Dashboard(RabbitManagement.from_urls(env.rabbit_url, env.rabbit_api_url), Settings())
     setattr(request.app.state, DASHBOARD_STATE, made)
     return made
-
-
-def _sha256(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-
-def _security_policy() -> str:
-    return "; ".join(
-        (
-            "default-src 'none'",
-            f"script-src {_sha256(page_script())}",
-            f"style-src {_sha256(page_style())}",
-            "connect-src 'self'",
-            "img-src 'self' data:",
-            "base-uri 'none'",
-            "form-action 'none'",
-            "frame-ancestors 'none'",
-        )
-    )
 
 
 # EdgeRoute refuses (422) query parameters on these as on every other endpoint.
@@ -118,7 +103,7 @@ async def get_root() -> RedirectResponse:
 async def get_dashboard() -> HTMLResponse:
     """The dashboard page (self-contained; it polls ``/stats`` and ``/dashboard/data``)."""
     headers = {
-        "Content-Security-Policy": _security_policy(),
+        "Content-Security-Policy": content_policy(page_script(), page_style()),
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-store",
         "Referrer-Policy": "no-referrer",
@@ -136,12 +121,13 @@ async def get_dashboard_data(request: Request) -> JSONResponse:
     """Dead letters with reasons, jobs with anomalies, and work-queue health."""
     context = cast("ApiContext", request.app.state.jobtrail)
     management = _dashboard(request).management
-    dead, anomalies, queues = await asyncio.gather(
+    dead, anomalies, queues, latency = await asyncio.gather(
         recent_dead_letters(context.queries),
         recent_anomalies(context.queries),
         queue_health(management),
+        recent_latency(context),
     )
-    body = {"dead_letters": dead, "anomalies": anomalies, "queues": queues}
+    body = {"dead_letters": dead, "anomalies": anomalies, "queues": queues, "latency": latency}
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -205,6 +191,16 @@ async def recent_anomalies(queries: JobQueries) -> dict[str, Any]:
         for row in found[:ANOMALIES_SHOWN]
     ]
     return {"items": items, "found": len(found), "scanned": scanned}
+
+
+async def recent_latency(context: ApiContext) -> dict[str, Any]:
+    """Waits, runs and end-to-end times by pool and priority, and starved tenants, over the
+    last ``LATENCY_MINUTES`` (from the projection: one indexed read per poll)."""
+    now = context.clock.now()
+    window = report_window(now - timedelta(minutes=LATENCY_MINUTES), now, now)
+    latency, fairness = await latency_overview(context.queries, context.readers.policy, window)
+    starved = fairness.as_dict()["starved"]
+    return latency.as_dict() | {"minutes": LATENCY_MINUTES, "starved": starved}
 
 
 async def queue_health(management: RabbitManagement) -> dict[str, Any]:

@@ -47,6 +47,8 @@ class AttemptRow:
     ended_at: datetime | None
     outcome: str | None
     error_code: str | None
+    queued_at: datetime | None = None
+    """When the attempt was queued: its submission, retry, reroute or redrive."""
 
 
 @dataclass(frozen=True, slots=True)

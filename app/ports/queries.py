@@ -25,7 +25,7 @@ from pydantic import (
 
 from app.domain.events import JobType, Priority
 from app.domain.state import JobStatus
-from app.ports.projection import JobRow
+from app.ports.projection import AttemptRow, JobRow
 
 
 class InvalidQuery(ValueError):
@@ -137,6 +137,40 @@ class EndedCount:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class LatencyRow:
+    """One attempt with what its latencies need of its job (``GET /sla?source=projection``)."""
+
+    job_id: str
+    attempt: int
+    pool: str | None
+    job_type: str | None
+    priority: str | None
+    tenant: str | None
+    submitted_at: datetime | None
+    queued_at: datetime | None
+    reserved_at: datetime | None
+    ended_at: datetime | None
+    outcome: str | None
+
+    @classmethod
+    def of(cls, job: JobRow, attempt: AttemptRow) -> LatencyRow:
+        """An attempt row with what its latencies need of its job row."""
+        return cls(
+            job_id=job.job_id,
+            attempt=attempt.attempt,
+            pool=attempt.pool,
+            job_type=job.job_type,
+            priority=job.priority,
+            tenant=job.tenant,
+            submitted_at=job.submitted_at,
+            queued_at=attempt.queued_at,
+            reserved_at=attempt.reserved_at,
+            ended_at=attempt.ended_at,
+            outcome=attempt.outcome,
+        )
+
+
 class JobQueries(Protocol):
     """Read queries over the projections (jobs and attempts tables)."""
 
@@ -155,6 +189,10 @@ class JobQueries(Protocol):
 
     async def attempts_ended(self, since: datetime, until: datetime) -> list[EndedCount]:
         """Attempts with ``since <= ended_at < until``, counted per minute and outcome."""
+        ...
+
+    async def latency_rows(self, since: datetime, until: datetime) -> list[LatencyRow]:
+        """Attempts reserved or ended in ``[since, until)``, with their job's kind and tenant."""
         ...
 
     async def ping(self) -> None:

@@ -34,6 +34,7 @@ _EVENT_KINDS = {
     "payload": "json",
     "retry": "json",
     "fallback_pools": "json",
+    "routing": "json",
 }
 
 

@@ -75,6 +75,7 @@ class _Attempt:
     ended_at: datetime | None = None
     outcome: str | None = None
     error_code: str | None = None
+    queued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,9 @@ def _open(row: AttemptRow) -> _Attempt:
 def _fold_attempt(attempts: dict[int, _Attempt], recorded: RecordedEvent) -> None:
     event, at = recorded.event, recorded.recorded_at
     if isinstance(event, Submitted | Retried | Rerouted | Redriven):
-        attempts.setdefault(event.attempt, _Attempt(pool=event.pool, queue=event.queue))
+        attempts.setdefault(
+            event.attempt, _Attempt(pool=event.pool, queue=event.queue, queued_at=at)
+        )
         return
     current = attempts.get(event.attempt)
     if current is None or current.outcome is not None:

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.domain.chain import RecordedEvent
-from app.domain.decide import JOBTRAIL_SOURCE, decide
-from app.domain.events import canonical_json
+from app.domain.decide import JOBTRAIL_SOURCE, decide, deciding_state
+from app.domain.events import Routed, canonical_json
 from app.domain.machine import fold
 from app.domain.policy import Policy
 from app.domain.state import JobState
@@ -24,14 +24,19 @@ class Divergence:
 
 
 def replay_decisions(events: Sequence[RecordedEvent], policy: Policy) -> list[Divergence]:
-    """Compare each event Jobtrail decided with what ``decide`` says at the same instant now."""
+    """Compare each event Jobtrail decided with what ``decide`` says at the same instant now.
+
+    A routing plugin's answer (a ``routed`` event) is not re-decided but folded as recorded,
+    like an input: the plugin is not called, and the republish that follows is re-decided from
+    that answer, so a plugin since changed or removed still replays what it decided then.
+    """
     divergences: list[Divergence] = []
     state: JobState | None = None
     skew = policy.clock_skew_tolerance
     for recorded in events:
         event = recorded.event
-        if event.source == JOBTRAIL_SOURCE and state is not None:
-            again = decide(state, event.occurred_at, policy)
+        if event.source == JOBTRAIL_SOURCE and state is not None and not isinstance(event, Routed):
+            again = decide(deciding_state(state, event), event.occurred_at, policy)
             replayed = canonical_json(again[0]) if again else "(nothing)"
             if replayed != canonical_json(event):
                 divergences.append(

@@ -28,7 +28,7 @@ from app.domain.state import JobState
 from app.ports import EventLog, JobSnapshot, ProjectionStore
 from app.services.projection import AttemptsSoFar
 
-FORMAT = 1
+FORMAT = 2
 """The snapshot's format. Bump it when ``JobState``, ``AttemptsSoFar`` or what folding means
 changes: older snapshots are then not used, and each job is folded whole once more."""
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from app.domain.chain import RecordedEvent
-from app.domain.decide import decide
 from app.domain.events import JobEvent
 from app.domain.machine import fold
 from app.domain.policy import Policy
@@ -30,6 +29,7 @@ from app.ports import (
     WriteRefused,
 )
 from app.services.projection import settled_update
+from app.services.routing import Router, decide_routed
 from app.services.snapshots import FoldCounts, Folded, JobFold, encode, fold_jobs
 
 MAX_DECISIONS_PER_SETTLE = 8
@@ -55,8 +55,13 @@ class Tracker:
     """Called after each committed batch with the events newly appended (not duplicates)."""
     on_timer_lag: Callable[[float], None] | None = None
     """Called with how late (seconds) the earliest due timer fired."""
+    on_projected: Callable[[ProjectionUpdate, Sequence[RecordedEvent]], None] | None = None
+    """Called after each commit, per job, with its update and the events newly projected."""
     folds: FoldCounts = field(default_factory=FoldCounts)
     """Where settles started their folds (a snapshot, or a whole history) and what they folded."""
+    router: Router | None = None
+    """Asks routing plugins, when the policy names any, for jobs whose cooldown has no recorded
+    answer (a ``routed`` decision); fed every settled job's new events."""
 
     async def record(self, events: Sequence[JobEvent]) -> list[AppendOutcome]:
         """Append events (idempotently), then settle and project every job they touch."""
@@ -88,7 +93,9 @@ class Tracker:
         """
         now = now or self.clock.now()
         jobs = await fold_jobs(self.log, self.store, job_ids, self.policy, self.folds, appended)
+        self._observe(jobs)
         await self._decide_all(jobs, now)
+        self._observe(jobs)
         seqs = await self.store.projected_seqs(list(jobs))
         updates = [
             self._update(job, seqs.get(job_id, 0))
@@ -99,6 +106,11 @@ class Tracker:
             await self.store.apply(updates)
             if self.on_outbox is not None and any(u.outbox for u in updates):
                 self.on_outbox()
+            if self.on_projected is not None:
+                for update in updates:
+                    since = seqs.get(update.job.job_id, 0)
+                    fresh = [e for e in jobs[update.job.job_id].events if e.seq > since]
+                    self.on_projected(update, fresh)
 
     async def fire_due_timers(self, limit: int = 500) -> int:
         """Settle every job whose deadline has passed; returns how many were due."""
@@ -140,7 +152,11 @@ class Tracker:
         """
         pending = list(jobs)
         for _ in range(MAX_DECISIONS_PER_SETTLE):
-            decided = {j: d for j in pending if (d := decide(jobs[j].state, now, self.policy))}
+            decided = {
+                j: d
+                for j in pending
+                if (d := decide_routed(jobs[j].state, now, self.policy, self.router))
+            }
             if not decided:
                 return
             outcomes = await self.log.append_many(
@@ -155,6 +171,11 @@ class Tracker:
                 self.folds.events += len(fresh[job_id])
                 self._announce(events, jobs[job_id].state)
             pending = list(decided)
+
+    def _observe(self, jobs: dict[str, JobFold]) -> None:
+        if self.router is not None:
+            for job in jobs.values():
+                self.router.fleet.observe(job.events)
 
     def _update(self, job: JobFold, projected_seq: int) -> ProjectionUpdate:
         """The job's projection update, with its snapshot at its last entry."""

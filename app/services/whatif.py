@@ -1,12 +1,14 @@
 """What if: replay real history under another policy, side by side with what really happened.
 
-Only Jobtrail's own decisions (``expired``, ``retried``, ``rerouted``, ``dead_lettered`` from
-source ``jobtrail``) are re-derived; every other event (submissions, node reports, broker signals,
-operator actions) is replayed at the instant it was recorded, as the real tracker saw it. Between
-those instants the simulation fires each deadline ``decide`` would hit exactly when it falls due
-(an ideal timer loop), and after each batch of inputs it decides at the batch's instant, as the
-tracker does. A node report for an attempt that no longer exists under the other policy stays an
-anomaly of the replayed job: nodes are not simulated. Pure and deterministic.
+Only Jobtrail's own decisions (``expired``, ``routed``, ``retried``, ``rerouted``,
+``dead_lettered`` from source ``jobtrail``) are re-derived: a routing plugin's recorded answer
+does not decide the replay, the simulated policy's plugin (or none) answers instead. Every
+other event (submissions, node reports, broker signals, operator actions) is replayed at the
+instant it was recorded, as the real tracker saw it. Between those instants the simulation fires
+each deadline ``decide`` would hit exactly when it falls due (an ideal timer loop), and after
+each batch of inputs it decides at the batch's instant, as the tracker does. A node report for
+an attempt that no longer exists under the other policy stays an anomaly of the replayed job:
+nodes are not simulated. Pure and deterministic.
 """
 
 from __future__ import annotations
@@ -18,13 +20,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.domain.chain import RecordedEvent
-from app.domain.decide import JOBTRAIL_SOURCE, decide, next_deadline
-from app.domain.events import DERIVED_TYPES, Expired, ExpiryReason, JobEvent, Rerouted, Retried
+from app.domain.decide import JOBTRAIL_SOURCE, next_deadline
+from app.domain.events import (
+    DERIVED_TYPES,
+    Completed,
+    Expired,
+    ExpiryReason,
+    JobEvent,
+    Rerouted,
+    Retried,
+    Routed,
+)
 from app.domain.machine import evolve
 from app.domain.policy import Policy
 from app.domain.state import JobState, JobStatus
 from app.ports import EventLog
 from app.services.rebuild import job_histories
+from app.services.routing import FleetWindow, Router, decide_routed
 from app.services.tracking import MAX_DECISIONS_PER_SETTLE
 
 MAX_TIMER_STEPS = 10_000
@@ -66,8 +78,9 @@ def _to_ms(moment: datetime) -> datetime:
 class _Replay:
     """One job's simulated log: inputs and decisions, folded as they are appended."""
 
-    def __init__(self, job_id: str, policy: Policy) -> None:
+    def __init__(self, job_id: str, policy: Policy, router: Router | None = None) -> None:
         self.policy = policy
+        self.router = router
         self.state = JobState(job_id=job_id)
         self.events: list[RecordedEvent] = []
         self.clock: datetime | None = None
@@ -95,7 +108,7 @@ class _Replay:
         """Decide at ``now`` until nothing more is due, as ``Tracker.settle`` does."""
         self.clock = now if self.clock is None else max(self.clock, now)
         for _ in range(MAX_DECISIONS_PER_SETTLE):
-            decided = decide(self.state, now, self.policy)
+            decided = decide_routed(self.state, now, self.policy, self.router)
             if not decided or not self.record(decided, _to_ms(now)):
                 return
 
@@ -115,14 +128,23 @@ class _Replay:
 
 
 def simulate(
-    history: Sequence[RecordedEvent], policy: Policy, as_of: datetime
+    history: Sequence[RecordedEvent],
+    policy: Policy,
+    as_of: datetime,
+    router: Router | None = None,
 ) -> list[RecordedEvent]:
-    """The job's log as the tracker would have written it under ``policy``, up to ``as_of``."""
-    return _simulate(history, policy, as_of).events
+    """The job's log as the tracker would have written it under ``policy`` (and the routing
+    plugins of ``router``), up to ``as_of``."""
+    return _simulate(history, policy, as_of, router).events
 
 
-def _simulate(history: Sequence[RecordedEvent], policy: Policy, as_of: datetime) -> _Replay:
-    replay = _Replay(history[0].job_id, policy)
+def _simulate(
+    history: Sequence[RecordedEvent],
+    policy: Policy,
+    as_of: datetime,
+    router: Router | None = None,
+) -> _Replay:
+    replay = _Replay(history[0].job_id, policy, router)
     for batch in input_batches(history):
         at = batch[0].recorded_at
         if at > as_of:
@@ -150,7 +172,11 @@ class Tally:
     lease_expiries: int = 0
     cooldown_seconds: float = 0.0
     anomalies: int = 0
+    completion_seconds: float = 0.0
+    """Submission to completion, added up over the completed jobs."""
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+    attempts_by_pool: Counter[str] = field(default_factory=Counter)
+    """Attempts queued on each pool (the load the decisions put on the pools)."""
 
     def add(self, other: Tally) -> None:
         """Add ``other``'s counts to this tally."""
@@ -160,7 +186,12 @@ class Tally:
     def as_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["cooldown_seconds"] = round(self.cooldown_seconds, 3)
+        data["completion_seconds"] = round(self.completion_seconds, 3)
+        data["mean_completion_seconds"] = (
+            round(self.completion_seconds / self.completed, 3) if self.completed else None
+        )
         data["dead_letter_reasons"] = dict(self.dead_letter_reasons.most_common())
+        data["attempts_by_pool"] = dict(sorted(self.attempts_by_pool.items()))
         return data
 
 
@@ -206,6 +237,7 @@ def _tally(transitions: Iterable[Transition], as_of: datetime) -> tuple[Tally, J
 
 def _count(result: Tally, before: JobState, after: JobState, recorded: RecordedEvent) -> None:
     event = recorded.event
+    _count_load(result, before, after, recorded)
     if before.status is JobStatus.COOLING_DOWN and after.status is not JobStatus.COOLING_DOWN:
         assert before.cooling_since is not None
         result.cooldown_seconds += (recorded.recorded_at - before.cooling_since).total_seconds()
@@ -219,6 +251,15 @@ def _count(result: Tally, before: JobState, after: JobState, recorded: RecordedE
         and before.status is JobStatus.RESERVED
     ):
         result.lease_expiries += 1
+
+
+def _count_load(result: Tally, before: JobState, after: JobState, recorded: RecordedEvent) -> None:
+    """An attempt queued on a pool; a completion's time since submission."""
+    if after.status is JobStatus.QUEUED and after.attempt != before.attempt and after.pool:
+        result.attempts_by_pool[after.pool] += 1
+    done = after.status is JobStatus.COMPLETED and before.status is not JobStatus.COMPLETED
+    if done and isinstance(recorded.event, Completed) and after.submitted_at is not None:
+        result.completion_seconds += (recorded.recorded_at - after.submitted_at).total_seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,24 +303,31 @@ class WhatIfReport:
 
 
 def decisions(history: Sequence[RecordedEvent]) -> tuple[str, ...]:
-    """The job's decisions as ``type#attempt[:reason]`` labels, in order."""
+    """The job's decisions as ``type#attempt[:reason]`` labels, in order. A routing plugin's
+    answer (``routed``) is left out: what it decided shows in the republish after it, so a
+    plugin that decides as the policy did changes nothing."""
     labels = []
     for recorded in history:
         event = recorded.event
-        if is_decision(event):
+        if is_decision(event) and not isinstance(event, Routed):
             reason = getattr(event, "reason", None) or getattr(event, "pool", None)
             labels.append(f"{event.type}#{event.attempt}" + (f":{reason}" if reason else ""))
     return tuple(labels)
 
 
 def compare_job(
-    report: WhatIfReport, history: Sequence[RecordedEvent], live: Policy, other: Policy
+    report: WhatIfReport,
+    history: Sequence[RecordedEvent],
+    live: Policy,
+    other: Policy,
+    router: Router | None = None,
 ) -> None:
-    """Replay one job under ``other`` and add both sides to the report."""
+    """Replay one job under ``other`` (and ``router``'s plugins) and add both sides to the
+    report."""
     real = [recorded for recorded in history if recorded.recorded_at <= report.as_of]
     if not real:
         return
-    replay = _simulate(real, other, report.as_of)
+    replay = _simulate(real, other, report.as_of, router)
     replayed = replay.events
     real_tally, real_state = _tally(_transitions(real, live), report.as_of)
     sim_tally, sim_state = _tally(replay.transitions, report.as_of)
@@ -305,17 +353,31 @@ def _status(state: JobState) -> str | None:
     return None if state.status is None else state.status.value
 
 
+async def recorded_fleet(log: EventLog) -> FleetWindow:
+    """Every outcome and wait the log records, for asking routing plugins about past instants.
+
+    A what-if replay gives a plugin the fleet as it really was at the failure: the simulated
+    jobs' own different fates do not feed back into it.
+    """
+    fleet = FleetWindow(keep=None)
+    async for history in job_histories(log.scan()):
+        fleet.observe(history)
+    return fleet
+
+
 async def whatif(
     log: EventLog,
     live: Policy,
     other: Policy,
     as_of: datetime,
     progress: Callable[[int], None] | None = None,
+    router: Router | None = None,
 ) -> WhatIfReport:
-    """Replay every job of the log under ``other``, one job in memory at a time."""
+    """Replay every job of the log under ``other`` (and ``router``'s routing plugins), one job
+    in memory at a time."""
     report = WhatIfReport(as_of=as_of)
     async for history in job_histories(log.scan()):
-        compare_job(report, history, live, other)
+        compare_job(report, history, live, other, router)
         if progress is not None:
             progress(len(history))
     return report

@@ -30,6 +30,7 @@ from app.ports import (
     JobFilter,
     JobQueries,
     JobRow,
+    LatencyRow,
     PageKey,
     ProjectionStore,
     ProjectionUnavailable,
@@ -298,6 +299,28 @@ class JobQueriesContract:
             EndedCount(T0 + timedelta(minutes=1), "failed", 1),
         ]
         assert all(e.minute.utcoffset() == timedelta(0) for e in ended)
+
+    @pytest.mark.parametrize(
+        ("start", "end"),
+        [(0, 1), (60, 121), (11, 60), (-60, 0)],
+        ids=["t0", "late", "gap", "before"],
+    )
+    async def test_latency_rows_are_the_attempts_reserved_or_ended_in_the_window(
+        self, queries: JobQueries, start: int, end: int
+    ) -> None:
+        since, until = T0 + timedelta(seconds=start), T0 + timedelta(seconds=end)
+        jobs = {row.job_id: utc(row) for row in ROWS}
+
+        def inside(at: datetime | None) -> bool:
+            return at is not None and since <= at < until
+
+        wanted = [
+            LatencyRow.of(jobs[a.job_id], a)
+            for a in ATTEMPTS
+            if inside(a.reserved_at) or inside(a.ended_at)
+        ]
+        found = await queries.latency_rows(since, until)
+        assert sorted(found, key=lambda r: (r.job_id, r.attempt)) == wanted
 
     async def test_stats_fill_every_minute_of_the_window(self, queries: JobQueries) -> None:
         stats = await job_stats(queries, T0 + timedelta(minutes=1, seconds=30), 3)

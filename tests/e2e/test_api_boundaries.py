@@ -122,7 +122,7 @@ FORGED_CURSORS = st.one_of(
     st.just("A" * URL_LONG),
 )
 ANY_VALUE = st.one_of(HOSTILE_TEXT, FORGED_CURSORS)
-INSTANT_NAMES = {"updated_since", "updated_until", "as_of", "at", "since"}
+INSTANT_NAMES = {"updated_since", "updated_until", "as_of", "at", "since", "until"}
 
 
 def values_for(name: str) -> st.SearchStrategy[Any]:
@@ -160,6 +160,12 @@ QUERY_PARAMETERS = [
     ("/fleet?at=2026-11-27T14:00:30Z&", "by"),
     ("/fleet?at=2026-11-27T14:00:30Z&", "ids"),
     ("/fleet?", "at"),
+    ("/sla", "since"),
+    ("/sla", "until"),
+    ("/sla", "by"),
+    ("/sla", "source"),
+    ("/fairness", "since"),
+    ("/fairness", "factor"),
 ]  # fmt: skip
 
 

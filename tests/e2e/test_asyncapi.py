@@ -41,6 +41,14 @@ from tests.e2e.harness import (
 )
 
 COPY = ROOT / "docs" / "asyncapi.json"
+ROUTING = {
+    "plugin": "least-failing",
+    "version": "0.1.0",
+    "fleet": [{"pool": "p2", "outcomes": 10, "failure_rate": 0.1, "wait_seconds": 1.5}],
+    "pool": "p2",
+    "cooldown_seconds": 2.5,
+    "fallback": None,
+}
 REGENERATE = "regenerate it: jobtrail asyncapi --output docs/asyncapi.json (default settings)"
 NODE_DIR = ROOT / ".node"  # gitignored; `make setup` fills it too
 PARSER = ("@asyncapi/parser", "3.6.6")
@@ -72,8 +80,9 @@ EXAMPLE_EXTRA: dict[str, dict[str, Any]] = {
     "completed": {"node_id": "n", "duration_ms": 5},
     "failed": {"node_id": "n", "error_code": "oom", "error_message": "m", "retryable": True},
     "expired": {"reason": "lease", "detail": "d"},
-    "retried": {"pool": "p", "queue": "q"},
-    "rerouted": {"from_pool": "p", "pool": "p2", "queue": "q"},
+    "routed": {"routing": ROUTING},
+    "retried": {"pool": "p", "queue": "q", "routing": ROUTING},
+    "rerouted": {"from_pool": "p", "pool": "p2", "queue": "q", "routing": ROUTING},
     "dead_lettered": {"reason": "poison", "detail": "d"},
     "cancelled": {"reason": "r"},
     "redriven": {"pool": "p", "queue": "q", "reason": "r"},

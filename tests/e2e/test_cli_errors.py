@@ -37,6 +37,25 @@ def jobtrail(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedPr
         ),
         (("history", '{"$gt": ""}'), {}, 2, "jobtrail: Invalid value for 'job_id'"),
         (("nope",), {}, 2, "jobtrail: No such command 'nope'."),
+        (
+            ("sla", "--by", "pool,node"),
+            {},
+            2,
+            "jobtrail: Invalid value for '--by': cannot group by 'node'",
+        ),
+        (("sla", "--since", "yesterday"), {}, 2, "jobtrail: Invalid value for '--since'"),
+        (
+            ("fairness", "--since", "999999d"),
+            {},
+            2,
+            "jobtrail: Invalid value for '--since': 999999d ago is before the year 1",
+        ),
+        (
+            ("fairness", "--factor", "1"),
+            {},
+            2,
+            "jobtrail: Invalid value for '--factor': 1.0 is not above 1",
+        ),
         (("verify", "--bogus"), {}, 2, "jobtrail: No such option: --bogus"),
         (
             ("bench", "--smoke", "--markdown", "/proc/version/rows.md"),

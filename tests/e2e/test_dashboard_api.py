@@ -87,8 +87,11 @@ def test_the_root_leads_to_a_self_contained_page(stack: dict[str, str]) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     html = page.text
-    # Nothing is loaded from anywhere: no src/href attributes, no URL but the SVG namespace.
-    assert not re.search(r"\b(src|href)\s*=", html)
+    # Nothing is loaded from anywhere: no src attributes, no URL but the SVG namespace; links
+    # lead only to the dashboard's own job pages.
+    assert not re.search(r"\bsrc\s*=", html)
+    links = set(re.findall(r"\bhref\s*=\s*\"([^\"]*)\"", html))
+    assert links == {"dashboard/jobs", "dashboard/jobs?status=dead_lettered"}
     assert set(re.findall(r"https?://[^\s\"'`]+", html)) == {"http://www.w3.org/2000/svg"}
     assert "@import" not in html and "url(" not in html
     # The CSP admits exactly the inline script and style, and connections to this origin only.
@@ -133,6 +136,17 @@ def test_the_data_lists_dead_letters_anomalies_and_queue_health(stack: dict[str,
     assert dead not in anomalies
     assert data["anomalies"]["scanned"] >= 2
     assert data["queues"]["available"] is True and data["queues"]["message"] is None
+    latency = data["latency"]
+    assert (latency["source"], latency["by"], latency["minutes"]) == (
+        "projection",
+        ["pool", "priority"],
+        15,
+    )
+    (group,) = [g for g in latency["groups"] if g["pool"] == pool]
+    assert group["priority"] == "bulk"
+    counts = [group[m]["count"] for m in ("wait", "run", "end_to_end")]
+    assert counts == [2, 2, 1]  # both reserved; one failed, one completed
+    assert latency["starved"] == []
     queue = f"jobtrail.work.{pool}.sync"
 
     def work_queues() -> dict[str, Any]:

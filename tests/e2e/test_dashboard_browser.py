@@ -1,6 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's), against a running ``jobtrail serve``.
 
-The page is loaded once; while events flow, its numbers must change in place. Chromium and
+The page is loaded once; while events flow, its numbers must change in place. Then an operator
+walks from a dead letter on the summary to its job page, reads its timeline and redrives it,
+and redrives another by filter from the search page after a dry run. Chromium and
 chromedriver come from Debian (``apt-get install -y chromium chromium-driver``); Selenium is told
 where they are, so Selenium Manager never downloads anything. Without them the test fails.
 """
@@ -38,7 +40,10 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 APT_LINE = "apt-get install -y chromium chromium-driver"
 SCREENSHOT = ROOT / "test-artifacts" / "dashboard.png"
 """Kept for a look; `make screenshots` copies it to docs/dashboard.png on purpose."""
+JOB_SCREENSHOT = ROOT / "test-artifacts" / "dashboard-job.png"
+JOBS_SCREENSHOT = ROOT / "test-artifacts" / "dashboard-jobs.png"
 READER = "browser-reader-token-0123456789"
+OPERATOR = "browser-operator-token-0123456789"
 WAIT = 60
 NOT_WIRED = "the API does not serve the dashboard: create_api must call install_dashboard"
 
@@ -77,13 +82,15 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 def served(
     mongo_url: str, pg_url: str, rabbit_url: str, tmp_path: Path
 ) -> Iterator[tuple[dict[str, str], str]]:
-    """A ``jobtrail serve`` process with its API on a fixed free port and a read token."""
+    """A ``jobtrail serve`` process with its API on a fixed free port, a read and an operator
+    token."""
     env = tracker_env(rabbit_url, mongo_url, pg_url, tmp_path)
     port = servers.free_port()
     env |= {
         "JOBTRAIL_HTTP_PORT": str(port),
         "JOBTRAIL_RABBIT_API_URL": servers.RABBIT_API,
         "JOBTRAIL_READ_TOKEN": READER,
+        "JOBTRAIL_OPERATOR_TOKEN": OPERATOR,
     }
     tracker = Tracker(env, tmp_path)
     tracker.start()
@@ -218,6 +225,8 @@ def test_the_dashboard_updates_live_in_a_real_browser(
         assert cells[1:5] == ["non_retryable", "bad_input", "the prompt is empty", "cpu"]
         wait.until(lambda d: "jobtrail.work.gpu-a.sync" in d.find_element(By.ID, "queue-rows").text)
         assert browser.find_element(By.ID, "queues-unavailable").text == ""
+        wait.until(lambda d: row_of(d, "latency-rows", "gpu-a"))  # the traffic's pool
+        assert browser.find_element(By.ID, "starved").text == "No tenant starved."
         outcomes = browser.execute_script(  # the chart is a new <svg> at every poll
             "return Array.from(document.querySelectorAll('#throughput rect[data-outcome]'),"
             " bar => bar.dataset.outcome)"
@@ -243,3 +252,84 @@ def test_the_dashboard_updates_live_in_a_real_browser(
         if "Content Security Policy" in entry["message"] or "Uncaught" in entry["message"]
     ]
     assert problems == []
+
+
+def text_of(driver: WebDriver, element_id: str) -> str:
+    script = "const e = document.getElementById(arguments[0]); return e ? e.innerText : ''"
+    return str(driver.execute_script(script, element_id))
+
+
+def give_read_token(driver: WebDriver, wait: WebDriverWait[WebDriver]) -> None:
+    wait.until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+    driver.find_element(By.ID, "token").send_keys(READER)
+    driver.find_element(By.CSS_SELECTOR, "#auth button").click()
+
+
+def no_page_errors(driver: WebDriver) -> list[str]:
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if "Content Security Policy" in entry["message"] or "Uncaught" in entry["message"]
+    ]
+
+
+def test_an_operator_opens_a_dead_letter_reads_its_timeline_and_redrives_it(
+    browser: WebDriver, served: tuple[dict[str, str], str]
+) -> None:
+    env, base = served
+    dead = dead_letter(env, "the prompt is empty")
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(f"{base}/dashboard")
+    give_read_token(browser, wait)
+    wait.until(lambda d: row_of(d, "dead-rows", dead))
+    # One script run: the table is rendered anew at every poll.
+    browser.execute_script(
+        "document.querySelector('#dead-rows a[href=\"dashboard/jobs/' + arguments[0] + '\"]')"
+        ".click()",
+        dead,
+    )
+    wait.until(lambda d: d.current_url == f"{base}/dashboard/jobs/{dead}")
+    # The page came without data (reads need the token); it loads itself again with the tab's.
+    wait.until(lambda d: text_of(d, "job-status") == "dead_lettered")
+    timeline = browser.execute_script(ROWS, "timeline-rows")
+    assert [row[3] for row in timeline] == ["submitted", "reserved", "failed", "dead_lettered"]
+    assert "bad_input: the prompt is empty" in timeline[2][7]
+    assert timeline[3][7].startswith("dead-lettered: non_retryable")
+    attempts = browser.execute_script(ROWS, "attempt-rows")
+    assert attempts[0][:3] == ["1", "cpu", "node-3"] and attempts[0][5:] == [
+        "failed",
+        "bad_input",
+        "the prompt is empty",
+    ]
+    assert "intact" in text_of(browser, "chain")
+    assert not browser.find_element(By.ID, "redrive-job").is_displayed(), "no token, no action"
+    JOB_SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(JOB_SCREENSHOT))
+
+    browser.find_element(By.ID, "operator-token").send_keys(OPERATOR)
+    browser.find_element(By.ID, "operator-actor").send_keys("ann@ops")
+    browser.find_element(By.CSS_SELECTOR, "#operator-key button[type=submit]").click()
+    wait.until(lambda d: d.find_element(By.ID, "redrive-job").is_displayed())
+    browser.find_element(By.ID, "redrive-job").click()
+    wait.until(lambda d: text_of(d, "job-status") == "queued")
+    last = browser.execute_script(ROWS, "timeline-rows")[-1]
+    assert (last[3], last[4], last[6]) == ("redriven", "2", "ann@ops")
+    row = status(env, dead)
+    assert row is not None and (row["status"], row["attempt"]) == ("queued", 2)
+
+    # From the search page: select dead letters by filter, preview, then redrive.
+    other = dead_letter(env, "no such model")
+    browser.get(f"{base}/dashboard/jobs?status=dead_lettered&pool=cpu")
+    wait.until(lambda d: row_of(d, "job-rows", other))
+    assert not row_of(browser, "job-rows", dead), "the first one is queued again"
+    wait.until(lambda d: d.find_element(By.ID, "redrive-preview").is_displayed())
+    browser.find_element(By.ID, "redrive-preview").click()
+    wait.until(lambda d: other in text_of(d, "preview-ids"))
+    assert text_of(browser, "operator-result") == "1 dead letter(s) would be redriven:"
+    unsent = status(env, other)
+    assert unsent is not None and unsent["status"] == "dead_lettered", "a preview sends nothing"
+    assert browser.save_screenshot(str(JOBS_SCREENSHOT))
+    browser.find_element(By.ID, "redrive-run").click()
+    wait.until(lambda d: "redriven by ann@ops" in text_of(d, "operator-result"))
+    wait_status(env, other, "queued")
+    assert no_page_errors(browser) == []

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import ROOT, cli, history
+from tests.e2e.harness import ROOT, cli, history, wait_for
 
 # Importing demo_cli registers `jobtrail demo` (app.entrypoints.cli imports it too, once wired).
 LAUNCH = (
@@ -72,6 +73,19 @@ def demo_env(rabbit_url: str, pg_url: str, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def latency_counts(base: str) -> dict[str, float]:
+    """How many waits, runs and end-to-end times the serving tracker observed, all labels."""
+    text = httpx.get(base + "/metrics", timeout=30).text
+    counts = dict.fromkeys(("wait", "run", "end_to_end"), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for measure in counts:
+                if sample.name == f"jobtrail_job_{measure}_seconds_count":
+                    assert "job_id" not in sample.labels
+                    counts[measure] += sample.value
+    return counts
+
+
 def test_the_demo_shows_retries_reroutes_and_dead_letters_then_stops(
     demo_env: dict[str, str],
 ) -> None:
@@ -84,6 +98,8 @@ def test_the_demo_shows_retries_reroutes_and_dead_letters_then_stops(
         assert "Jobtrail dashboard" in page.text
         data = httpx.get(demo.dashboard + "/data", timeout=30).json()
         assert data["queues"]["available"] is True
+        base = demo.dashboard.removesuffix("/dashboard")
+        wait_for(lambda: latency_counts(base)["run"] > 0, "runs in the tracker's histograms")
     finally:
         summary, stderr = finish(demo)
     assert "submitted" in stderr  # progress lines

@@ -216,7 +216,7 @@ def prepare(env: dict[str, str]) -> None:
 def test_the_page_has_its_examples() -> None:
     steps = doc_steps()
     assert len(steps) >= 15
-    assert sum(step.is_action for step in steps) == 8  # each one follows a settling read
+    assert sum(step.is_action for step in steps) == 9  # each one follows a settling read
     assert {step.command.split()[0] for step in steps} == {"jobtrail", "curl"}
 
 

@@ -10,7 +10,6 @@ that returns, these tests fail, and so does every subscription (loudly, at start
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from importlib.metadata import version
 
 import pytest
@@ -19,25 +18,17 @@ from faststream.rabbit import RabbitBroker, RabbitQueue
 
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers, checked_connection
 from tests import servers
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
 QUEUE = "jobtrail.test.faststream-connection"
 
 
-def _consumers(rabbit_url: str) -> int:
-    return len(servers.active_consumers(rabbit_url).get(QUEUE, []))
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    """Poll ``check`` (the management API lags a little) for up to 20 s."""
-    try:
-        async with asyncio.timeout(20):
-            # Polled: the management API reports the broker's view, no event tells us.
-            while not await asyncio.to_thread(check):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        pytest.fail(f"still waiting for {what}")
+async def _consumers_are(rabbit_url: str, count: int) -> bool:
+    """Polled: the management API reports the broker's view (a little late), no event tells us."""
+    found = await asyncio.to_thread(servers.active_consumers, rabbit_url)
+    return len(found.get(QUEUE, [])) == count
 
 
 async def test_connect_gives_the_one_aio_pika_connection_the_subscribers_use(
@@ -57,10 +48,10 @@ async def test_connect_gives_the_one_aio_pika_connection_the_subscribers_use(
         assert await broker.connect() is connection, "start() and later calls reuse it"
         await broker.publish(b"ping", QUEUE)
         assert await asyncio.wait_for(got.get(), 20) == b"ping"
-        await _until(lambda: _consumers(rabbit_url) == 1, "the subscriber to consume")
+        await until(lambda: _consumers_are(rabbit_url, 1), "the subscriber to consume", within=20)
         await connection.close()  # what a partition release does, before broker.stop()
         assert connection.is_closed
-        await _until(lambda: _consumers(rabbit_url) == 0, "its consumer to go with it")
+        await until(lambda: _consumers_are(rabbit_url, 0), "its consumer to go with it", within=20)
     finally:
         await broker.stop()
 

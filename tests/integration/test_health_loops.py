@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.adapters.clock import SystemClock
@@ -23,6 +22,7 @@ from app.ports import OutboxMessage
 from app.services.health import Health
 from app.services.relay import OutboxRelay, TimerLoop
 from app.services.tracking import Tracker
+from tests.polling import until
 from tests.servers import _pg_exec
 
 
@@ -42,15 +42,6 @@ class WatchedHealth(Health):
     def recover(self, loop: str) -> None:
         self.passes[loop] += 1
         super().recover(loop)
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(60):
-            while not check():  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def _allow_connections(database: str, allow: bool) -> None:
@@ -76,13 +67,13 @@ async def test_an_outage_seen_by_the_timer_loop_and_relay_clears_without_any_eve
     ]
     tasks = [asyncio.create_task(loop.run()) for loop in loops]
     try:
-        await _until(lambda: min(health.passes[n] for n in ("timers", "relay")) >= 1, "a pass each")
+        await until(lambda: min(health.passes[n] for n in ("timers", "relay")) >= 1, "a pass each")
         assert health.ok, health.degraded_reason
         await _allow_connections(database, False)
-        await _until(lambda: set(health.reasons) == {"timers", "relay"}, "both loops to see it")
+        await until(lambda: set(health.reasons) == {"timers", "relay"}, "both loops to see it")
         assert not health.ok and "store unavailable" in (health.degraded_reason or "")
         await _allow_connections(database, True)
-        await _until(lambda: health.ok, "the loops to recover on their own")
+        await until(lambda: health.ok, "the loops to recover on their own")
     finally:
         await _allow_connections(database, True)
         for task in tasks:

@@ -39,7 +39,7 @@ TABLES = {
     "trackers",
 }
 JOB_INDEXES = {f"ix_jobs_{c}_page" for c in LIST_FILTERS} | {"ix_jobs_page"}
-HEAD = "0007"
+HEAD = "0008"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -20,6 +20,7 @@ from app.adapters import rabbit
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from app.bootstrap.worker import partition_queue
 from tests import servers
+from tests.polling import until
 
 MESSAGES = 300
 ACKED_BY_FIRST = 100
@@ -72,16 +73,6 @@ async def _publish(url: str, numbers: range) -> None:
         await connection.close()
 
 
-async def _until(check: Callable[[], bool], what: str) -> None:
-    """Poll ``check`` for up to 20 s; fail naming ``what`` was awaited."""
-    try:
-        async with asyncio.timeout(20):
-            while not check():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 async def test_a_released_partition_goes_to_the_waiting_consumer_in_order(
     rabbit_url: str,
 ) -> None:
@@ -93,14 +84,16 @@ async def test_a_released_partition_goes_to_the_waiting_consumer_in_order(
     try:
         await a.consume(0)
         await a.consume(0)  # again: a no-op, not a second subscription
-        await _until(lambda: len(first.got) > ACKED_BY_FIRST, "the first to hold deliveries")
+        await until(
+            lambda: len(first.got) > ACKED_BY_FIRST, "the first to hold deliveries", every=0.02
+        )
         await b.consume(0)
         assert a.consuming() == b.consuming() == {0}
         queue = rabbit.partition_queue(0)
         # The broker itself says the second waits (its consumer registered, not active): a
         # waiting consumer is given nothing, so its empty list is certain, not a guess that a
         # delivery would have come within some time.
-        await _until(
+        await until(
             lambda: servers.waiting_consumers(rabbit_url) == {queue: ["second partition 0"]},
             "the management API to list the second consumer as waiting",
         )
@@ -110,7 +103,9 @@ async def test_a_released_partition_goes_to_the_waiting_consumer_in_order(
         held = len(first.got) - ACKED_BY_FIRST
         await a.release(0)
         assert a.consuming() == set()
-        await _until(lambda: len(second.got) >= MESSAGES - ACKED_BY_FIRST, "the hand-over")
+        await until(
+            lambda: len(second.got) >= MESSAGES - ACKED_BY_FIRST, "the hand-over", every=0.02
+        )
         assert held > 0
         assert second.got == list(range(ACKED_BY_FIRST, MESSAGES)), (
             "the held deliveries first, in order, then the rest; nothing acked comes back"
@@ -121,7 +116,7 @@ async def test_a_released_partition_goes_to_the_waiting_consumer_in_order(
         await a.consume(0)
         first.ack = lambda n: True
         await _publish(rabbit_url, range(MESSAGES, MESSAGES + 10))
-        await _until(lambda: first.got[-10:] == list(range(MESSAGES, MESSAGES + 10)), "more")
+        await until(lambda: first.got[-10:] == list(range(MESSAGES, MESSAGES + 10)), "more")
         assert second.got == list(range(ACKED_BY_FIRST, MESSAGES))
     finally:
         await a.close()

@@ -13,7 +13,6 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +25,7 @@ from app.bootstrap import build_tracking, prepare_storage
 from app.bootstrap.worker import partition_coordinator
 from app.settings import Settings
 from tests import servers
+from tests.polling import until
 
 POISON_JOB = "poison-job"
 
@@ -89,15 +89,6 @@ async def _ready(url: str, queue: str) -> int:
         await connection.close()
 
 
-async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
-    try:
-        async with asyncio.timeout(within):
-            while not await check():  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 async def test_a_poison_event_is_quarantined_and_its_255_batch_mates_recorded_once(
     rabbit_url: str, pg_url: str
 ) -> None:
@@ -152,14 +143,14 @@ async def test_a_poison_event_is_quarantined_and_its_255_batch_mates_recorded_on
         async def all_recorded() -> bool:
             return await tracking.readers.log.count() == 255 + 300
 
-        await _until(all_recorded, "the good events to be recorded")
-        await _until(
+        await until(all_recorded, "the good events to be recorded")
+        await until(
             lambda: _has(rabbit_url, rabbit.QUARANTINE_QUEUE), "the poison to be quarantined"
         )
         # Every delivery acknowledged while the tracker still consumes: none can come again,
         # so the delivery counts below are final (a redelivery loop would show in them, or
         # keep a message unacknowledged here).
-        await _until(lambda: _all_acknowledged(rabbit_url, 2), "every delivery acknowledged")
+        await until(lambda: _all_acknowledged(rabbit_url, 2), "every delivery acknowledged")
     finally:
         await coordinator.stop()
         await tracking.stop()

@@ -355,7 +355,7 @@ def run_main(
         (("replay", "--job", "bad id!"), "is not a job id"),
         (("export", "--format", "xml"), "'xml' is not one of 'jsonl', 'csv', 'parquet'"),
         (("whatif", "--policy", "/nonexistent/other.toml"), "cannot read policy file"),
-        (("whatif",), "Missing option '--policy'"),
+        (("whatif",), "name the other policy (--policy FILE), a routing plugin"),
     ],
 )
 def test_bad_arguments_are_one_line_and_a_non_zero_exit(

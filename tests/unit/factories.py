@@ -28,6 +28,8 @@ from app.domain.events import (
     Reserved,
     Retried,
     RetryOverride,
+    Routed,
+    RoutingRecord,
     Submitted,
     canonical_json,
 )
@@ -142,6 +144,12 @@ def expired(
     **extra: Any,
 ) -> Expired:
     return Expired(**_envelope(job_id, at, attempt, source, {"reason": reason, **extra}))
+
+
+def routed(job_id: str = JOB, *, at: datetime = T0, attempt: int = 1, **record: Any) -> Routed:
+    """A routing plugin's answer for attempt ``attempt``'s cooldown (``record``: its fields)."""
+    routing = RoutingRecord(**{"plugin": "least-failing", "version": "0.1.0", **record})
+    return Routed(**_envelope(job_id, at, attempt, "jobtrail", {"routing": routing}))
 
 
 def retried(

@@ -27,6 +27,7 @@ from app.domain.events import (
     Rerouted,
     Reserved,
     Retried,
+    Routed,
     Submitted,
     as_utc,
     canonical_json,
@@ -57,6 +58,7 @@ ONE_OF_EACH: dict[str, dict[str, Any]] = {
     "completed": {"node_id": "n1", "duration_ms": 12},
     "failed": {"node_id": "n1", "error_code": "oom", "retryable": True},
     "expired": {"reason": "lease"},
+    "routed": {"routing": {"plugin": "p", "version": "1", "cooldown_seconds": 2.5}},
     "retried": {"pool": "p", "queue": "q"},
     "rerouted": {"from_pool": "p", "pool": "p2", "queue": "q"},
     "dead_lettered": {"reason": "retries_exhausted"},
@@ -71,6 +73,7 @@ EXPECTED_CLASS = {
     "completed": Completed,
     "failed": Failed,
     "expired": Expired,
+    "routed": Routed,
     "retried": Retried,
     "rerouted": Rerouted,
     "dead_lettered": DeadLettered,
@@ -263,7 +266,7 @@ def test_event_type_names_match_the_union() -> None:
     members = typing.get_args(typing.get_args(JobEvent)[0])
     literals = [model.model_fields["type"].default for model in members]
     assert literals == list(EVENT_TYPES)
-    assert {"expired", "retried", "rerouted", "dead_lettered"} == DERIVED_TYPES
+    assert {"expired", "routed", "retried", "rerouted", "dead_lettered"} == DERIVED_TYPES
     assert set(EVENT_TYPES) > DERIVED_TYPES
 
 

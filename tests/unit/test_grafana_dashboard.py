@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.bootstrap.metrics import Metrics
+from app.domain.sla import Measure
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
@@ -42,6 +43,8 @@ def exposed() -> dict[str, set[str]]:
     metrics.timer_lag(0.1)
     metrics.observe_request("GET", "/jobs/{job_id}", 200, 0.01)
     metrics.misrouted("completed")
+    for measure in Measure:
+        metrics.observe_latency(measure, "gpu-a", "sync", "urgent", 1.5)
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:
@@ -111,6 +114,6 @@ def test_every_expression_names_only_exposed_metrics_and_labels(expr: str) -> No
 def test_every_metric_is_on_the_dashboard() -> None:
     used = set().union(*(parse(expr)[0] for expr in dashboard_exprs()))
     families = {family.name for family in Metrics().registry.collect()}
-    assert len(families) == 8
+    assert len(families) == 11
     for family in families:
         assert any(name.startswith(family) for name in used), f"{family} is on no panel"

@@ -31,7 +31,10 @@ function fillRows(tbody, rows, columns, emptyText) {
   }
   for (const cells of rows) {
     const tr = el("tr");
-    for (const [text, cls] of cells) tr.appendChild(el("td", text, cls));
+    for (const [text, cls, href] of cells) {
+      const td = tr.appendChild(el("td", href ? undefined : text, cls));
+      if (href) td.appendChild(el("a", text)).href = href;
+    }
     fresh.appendChild(tr);
   }
   tbody.replaceWith(fresh);
@@ -45,6 +48,7 @@ async function getJson(path) {
   if (!response.ok) throw new Error(path + " answered HTTP " + response.status);
   return response.json();
 }
+function jobLink(id) { return "dashboard/jobs/" + encodeURIComponent(id); }
 function time(iso) { return iso ? iso.replace("T", " ").slice(0, 19) : ""; }
 function pct(x) { return x === null || x === undefined ? "—" : (100 * x).toFixed(1) + "%"; }
 
@@ -111,15 +115,31 @@ function renderQueues(queues, byQueue) {
   fillRows($("queue-rows"), rows, 7, "no work queues yet");
 }
 function renderDeadLetters(dead) {
-  const rows = dead.items.map((d) => [[d.job_id], [d.reason], [d.error_code || ""],
+  const rows = dead.items.map((d) => [[d.job_id, "", jobLink(d.job_id)], [d.reason], [d.error_code || ""],
     [d.detail || "", "msg"], [d.pool || ""], [d.attempt, "num"], [time(d.updated_at)]]);
   fillRows($("dead-rows"), rows, 7, "no dead letters");
 }
 function renderAnomalies(anomalies) {
-  const rows = anomalies.items.map((a) => [[a.job_id], [a.status || "unknown"],
+  const rows = anomalies.items.map((a) => [[a.job_id, "", jobLink(a.job_id)], [a.status || "unknown"],
     [a.anomalies, "num"], [a.attempt, "num"], [a.pool || ""], [time(a.updated_at)]]);
   fillRows($("anomaly-rows"), rows, 6, "no anomalies among the jobs scanned");
   $("anomaly-window").textContent = anomalies.scanned;
+}
+function seconds(x) { return x === null || x === undefined ? "—" : String(x); }
+function renderLatency(latency) {
+  const rows = latency.groups.map((g) => {
+    const over = Object.values(g.wait.breaches).concat(Object.values(g.run.breaches),
+      Object.values(g.end_to_end.breaches)).reduce((a, b) => a + b, 0);
+    return [[g.pool], [g.priority], [g.wait.count, "num"],
+      [`${seconds(g.wait.p50)} / ${seconds(g.wait.p95)} / ${seconds(g.wait.p99)}`, "num"],
+      [seconds(g.run.p95), "num"], [seconds(g.end_to_end.p95), "num"],
+      [over, over ? "num bad" : "num"]];
+  });
+  fillRows($("latency-rows"), rows, 7, "no attempt reserved or ended in the window");
+  $("latency-window").textContent = latency.minutes;
+  $("starved").textContent = latency.starved.length === 0 ? "No tenant starved." :
+    "Starved: " + latency.starved.map((s) => `${s.tenant} in ${s.pool} (wait p95 ` +
+      `${s.wait_p95} s, others ${s.others_wait_p95} s)`).join("; ");
 }
 function render(stats, data) {
   renderStatuses(stats.jobs);
@@ -128,6 +148,7 @@ function render(stats, data) {
   renderQueues(data.queues, stats.jobs.by_queue);
   renderDeadLetters(data.dead_letters);
   renderAnomalies(data.anomalies);
+  renderLatency(data.latency);
   const health = $("health");
   health.textContent = stats.health.status;
   health.className = "badge " + stats.health.status;
