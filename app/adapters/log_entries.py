@@ -184,8 +184,10 @@ class DecodedEntries:
         return len(self._entries)
 
 
-def appended(entry: StoredEvent) -> AppendOutcome:
-    return AppendOutcome(entry.event_id, entry.job_id, AppendStatus.APPENDED, entry.seq)
+def appended(entry: StoredEvent, event: JobEvent) -> AppendOutcome:
+    """The outcome of storing ``entry``, the chain entry of ``event``."""
+    recorded = RecordedEvent(entry.seq, entry.recorded_at, entry.prev_hash, entry.hash, event)
+    return AppendOutcome(entry.event_id, entry.job_id, AppendStatus.APPENDED, entry.seq, recorded)
 
 
 def duplicate(event_id: str, job_id: str, seq: int) -> AppendOutcome:
@@ -214,6 +216,6 @@ def plan_appends(
         entry = chain_entry(job_event, at, *tips.get(job_event.job_id, (0, GENESIS_HASH)))
         tips[job_event.job_id] = (entry.seq, entry.hash)
         known[event_id] = (entry.job_id, entry.seq)
-        outcomes.append(appended(entry))
+        outcomes.append(appended(entry, job_event))
         rows.append(entry_fields(entry))
     return outcomes, rows

@@ -59,7 +59,7 @@ class InMemoryEventLog:
         )
         entries.append(entry)
         self._by_event_id[entry.event_id] = entry
-        return appended(entry)
+        return appended(entry, event)
 
     async def read_job(self, job_id: str, *, until: datetime | None = None) -> list[RecordedEvent]:
         entries = self._jobs.get(job_id, [])

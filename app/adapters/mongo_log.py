@@ -160,7 +160,7 @@ class MongoEventLog:
         except DuplicateKeyError:
             # Either index may have fired; the event_id tells which without parsing messages.
             return await self._stored_outcome(entry.event_id)
-        return appended(entry)
+        return appended(entry, event)
 
     async def _stored_outcome(self, event_id: str) -> AppendOutcome | None:
         doc = await self._events.find_one({"event_id": event_id}, {"_id": 0, "job_id": 1, "seq": 1})
@@ -180,7 +180,10 @@ class MongoEventLog:
         with _translated("append"):
             plan = await self._plan(events, at)
             stop = await self._insert_until_conflict(plan)
-        done = [item if isinstance(item, AppendOutcome) else appended(item) for item in plan[:stop]]
+        done = [
+            item if isinstance(item, AppendOutcome) else appended(item, event)
+            for item, event in zip(plan[:stop], events, strict=False)
+        ]
         return done + [await self.append(event, at) for event in events[stop:]]
 
     async def _plan(self, events: Sequence[JobEvent], at: datetime) -> list[_Planned]:

@@ -204,7 +204,7 @@ class SqlEventLog:
             if refuses_data(exc):
                 raise _refused(f"job {event.job_id!r}'s event", exc) from exc
             raise _unavailable("append", exc) from exc
-        return appended(entry)
+        return appended(entry, event)
 
     async def _stored_outcome(self, event_id: str) -> AppendOutcome | None:
         query = select(_c.job_id, _c.seq).where(_c.event_id == event_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -25,6 +25,9 @@ class AppendOutcome:
     job_id: str
     status: AppendStatus
     seq: int
+    entry: RecordedEvent | None = field(default=None, compare=False)
+    """The entry stored, with the event as given (APPENDED only): what reading it back returns,
+    so a writer can fold what it just appended without that read."""
 
 
 class Clock(Protocol):

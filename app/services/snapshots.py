@@ -14,7 +14,7 @@ lives, while what a settle decides and projects is still the fold of the log. ``
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -75,6 +75,22 @@ def decode(
         return f"the log holds no entry {snapshot.seq} (the snapshot's)"
     if entries[0].hash != snapshot.hash:
         return f"the log's entry {snapshot.seq} has another hash than the snapshot's"
+    return _body(job_id, snapshot, policy)
+
+
+def decode_before(
+    job_id: str, snapshot: JobSnapshot, appended: Sequence[RecordedEvent], policy: Policy
+) -> Folded | str:
+    """The snapshot's fold if ``appended`` (entries just appended) starts right after the very
+    entry it was folded up to: their first entry was chained, in the append, onto the log's
+    entry of the snapshot's seq, so its ``prev_hash`` is that entry's stored hash."""
+    first = appended[0]
+    if (first.seq, first.prev_hash) != (snapshot.seq + 1, snapshot.hash):
+        return "the entries appended do not follow the snapshot's entry"
+    return _body(job_id, snapshot, policy)
+
+
+def _body(job_id: str, snapshot: JobSnapshot, policy: Policy) -> Folded | str:
     try:
         body = _BODY.validate_json(snapshot.body)
     except ValidationError:
@@ -123,13 +139,22 @@ async def fold_jobs(
     job_ids: Sequence[str],
     policy: Policy,
     counts: FoldCounts,
+    appended: Mapping[str, Sequence[RecordedEvent]] | None = None,
 ) -> dict[str, JobFold]:
     """Each job's fold, from its snapshot where the log agrees with it, else from its whole log
-    (jobs the log has no entry of are left out); two reads, three when a snapshot is refused."""
+    (jobs the log has no entry of are left out); two reads, three when a snapshot is refused.
+
+    A job whose ``appended`` entries (consecutive, just appended by the caller) follow its
+    snapshot's entry, or start its log, is folded from them without reading the log.
+    """
     snapshots = await store.snapshots(job_ids)
-    starts = {job_id: snapshots[job_id].seq if job_id in snapshots else 1 for job_id in job_ids}
-    read = await event_log.read_jobs_from(starts)
-    folds: dict[str, JobFold] = {}
+    folds = _fold_appended(snapshots, appended or {}, policy, counts)
+    starts = {
+        job_id: snapshots[job_id].seq if job_id in snapshots else 1
+        for job_id in job_ids
+        if job_id not in folds
+    }
+    read = await event_log.read_jobs_from(starts) if starts else {}
     refused: list[str] = []
     for job_id, entries in read.items():
         snapshot = snapshots.get(job_id)
@@ -150,7 +175,31 @@ async def fold_jobs(
         for job_id, history in (await event_log.read_jobs(refused)).items():
             if history:
                 folds[job_id] = _whole(history, policy, counts)
-    return {job_id: folds[job_id] for job_id in starts if job_id in folds}
+    return {job_id: folds[job_id] for job_id in job_ids if job_id in folds}
+
+
+def _fold_appended(
+    snapshots: Mapping[str, JobSnapshot],
+    appended: Mapping[str, Sequence[RecordedEvent]],
+    policy: Policy,
+    counts: FoldCounts,
+) -> dict[str, JobFold]:
+    """The jobs whose just-appended entries are all the log holds after their snapshot (or all
+    it holds); any other job is left to the read (which also counts a refused snapshot)."""
+    folds: dict[str, JobFold] = {}
+    for job_id, entries in appended.items():
+        snapshot = snapshots.get(job_id)
+        if snapshot is None:
+            if entries[0].seq == 1:
+                folds[job_id] = _whole(entries, policy, counts)
+            continue
+        folded = decode_before(job_id, snapshot, entries, policy)
+        if isinstance(folded, Folded):
+            folds[job_id] = JobFold(folded.state, folded.attempts, snapshot.hash)
+            folds[job_id].extend(entries, policy)
+            counts.from_snapshot += 1
+            counts.events += len(entries)
+    return folds
 
 
 def _whole(history: Sequence[RecordedEvent], policy: Policy, counts: FoldCounts) -> JobFold:

@@ -9,7 +9,7 @@ processing the same input again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -67,7 +67,7 @@ class Tracker:
         """Append events (idempotently), then settle and project every job they touch."""
         now = self.clock.now()
         outcomes = await self.log.append_many(events, now)
-        await self.settle(_unique(e.job_id for e in events), now)
+        await self.settle(_unique(e.job_id for e in events), now, _runs(outcomes))
         if self.on_recorded is not None:
             fresh = [
                 e
@@ -77,15 +77,22 @@ class Tracker:
             self.on_recorded(fresh, self.clock.now())
         return outcomes
 
-    async def settle(self, job_ids: Sequence[str], now: datetime | None = None) -> None:
+    async def settle(
+        self,
+        job_ids: Sequence[str],
+        now: datetime | None = None,
+        appended: Mapping[str, Sequence[RecordedEvent]] | None = None,
+    ) -> None:
         """Bring each job's decisions and projection up to date with its log, in one commit.
 
         One read of the jobs' snapshots and one of their entries since, one append of all
         decisions per round, one projection transaction: a batch costs a handful of round
         trips, not a few per job, and each job the events after its snapshot, not its history.
+        A job whose ``appended`` entries (just appended, consecutive) follow its snapshot is
+        folded from them without the read.
         """
         now = now or self.clock.now()
-        jobs = await fold_jobs(self.log, self.store, job_ids, self.policy, self.folds)
+        jobs = await fold_jobs(self.log, self.store, job_ids, self.policy, self.folds, appended)
         self._observe(jobs)
         await self._decide_all(jobs, now)
         self._observe(jobs)
@@ -139,7 +146,9 @@ class Tracker:
     async def _decide_all(self, jobs: dict[str, JobFold], now: datetime) -> None:
         """Record what ``decide`` says for every job, until no job has anything more to decide.
 
-        Each round reads back only the entries after each decided job's state.
+        Each round folds the entries it has just appended: a job whose decisions did not all
+        land right after its state (a rival writer's entries came first, or one was a duplicate)
+        reads back the entries after its state instead.
         """
         pending = list(jobs)
         for _ in range(MAX_DECISIONS_PER_SETTLE):
@@ -150,10 +159,13 @@ class Tracker:
             }
             if not decided:
                 return
-            await self.log.append_many([e for events in decided.values() for e in events], now)
-            fresh = await self.log.read_jobs_from(
-                {job_id: jobs[job_id].state.last_seq + 1 for job_id in decided}
+            outcomes = await self.log.append_many(
+                [e for events in decided.values() for e in events], now
             )
+            tips = {job_id: jobs[job_id].state.last_seq for job_id in decided}
+            fresh = _following(outcomes, tips)
+            if behind := {j: seq + 1 for j, seq in tips.items() if j not in fresh}:
+                fresh |= await self.log.read_jobs_from(behind)
             for job_id, events in decided.items():
                 jobs[job_id].extend(fresh[job_id], self.policy)
                 self.folds.events += len(fresh[job_id])
@@ -193,6 +205,29 @@ class Tracker:
 def fold_history(events: Sequence[RecordedEvent], policy: Policy) -> JobState:
     """The state of a job from its recorded events (for readers such as status and rebuild)."""
     return fold(events, skew_tolerance=policy.clock_skew_tolerance)
+
+
+def _runs(outcomes: Iterable[AppendOutcome]) -> dict[str, list[RecordedEvent]]:
+    """The appended entries of each job whose outcomes are all new entries, one after another;
+    a job with a duplicate or a gap (a rival writer's entry in between) is left out."""
+    entries: dict[str, list[RecordedEvent]] = {}
+    broken: set[str] = set()
+    for outcome in outcomes:
+        job = entries.setdefault(outcome.job_id, [])
+        entry = outcome.entry
+        if entry is None or (job and entry.seq != job[-1].seq + 1):
+            broken.add(outcome.job_id)
+            continue
+        job.append(entry)
+    return {job_id: job for job_id, job in entries.items() if job and job_id not in broken}
+
+
+def _following(
+    outcomes: Iterable[AppendOutcome], tips: Mapping[str, int]
+) -> dict[str, list[RecordedEvent]]:
+    """``_runs`` of the jobs whose first appended entry follows their tip (``tips``: the seq
+    each job's state was folded up to)."""
+    return {j: run for j, run in _runs(outcomes).items() if run[0].seq == tips[j] + 1}
 
 
 def _unique(job_ids: Iterable[str]) -> list[str]:

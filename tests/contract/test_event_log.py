@@ -165,6 +165,18 @@ class EventLogContract:
         assert [len(found[job]) for job in jobs] == [(2, 1, 0)[n % 3] for n in range(600)]
         assert all(e.job_id == job for job in jobs for e in found[job])
 
+    async def test_an_appended_outcome_carries_the_entry_read_back_returns(
+        self, log: EventLog
+    ) -> None:
+        first = submitted("job-1")
+        [one] = await log.append_many([first], T0)
+        outcomes = await log.append_many([heartbeat("job-1", 1), heartbeat("job-2", 1), first], T0)
+        outcomes.append(await log.append(heartbeat("job-1", 2), T0 + timedelta(seconds=1)))
+        stored = await log.read_jobs(["job-1", "job-2"])
+        assert [one.entry, outcomes[0].entry, outcomes[3].entry] == stored["job-1"]
+        assert [outcomes[1].entry] == stored["job-2"]
+        assert outcomes[2].status is AppendStatus.DUPLICATE and outcomes[2].entry is None
+
     async def test_duplicate_changes_nothing_reports_stored_seq(self, log: EventLog) -> None:
         first = submitted("job-1")
         await log.append(first, T0)

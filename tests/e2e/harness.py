@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 from typer.testing import CliRunner
 
 from app.client import JobtrailClient
@@ -205,13 +206,18 @@ def wait_status(
 def get_messages(
     rabbit_url: str, queue: str, *, max_count: int = 100, wait: float = 0.5
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Take (and ack) every message currently in ``queue``."""
+    """Take (and ack) every message currently in ``queue``; none while nobody declared it yet
+    (the relay declares a work queue with its first publish, after the projection committed
+    the decision a test may have seen)."""
 
     async def go() -> list[aio_pika.abc.AbstractIncomingMessage]:
         conn = await aio_pika.connect_robust(rabbit_url)
         try:
             channel = await conn.channel()
-            q = await channel.declare_queue(queue, passive=True)
+            try:
+                q = await channel.declare_queue(queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return []
             got = []
             deadline = time.monotonic() + wait
             while len(got) < max_count and time.monotonic() < deadline:

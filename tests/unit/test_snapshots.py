@@ -8,7 +8,7 @@ import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -20,7 +20,7 @@ from app.domain.chain import RecordedEvent
 from app.domain.events import Completed, Failed, Heartbeat, JobEvent, Reserved
 from app.domain.machine import fold
 from app.domain.policy import Policy
-from app.ports import JobSnapshot
+from app.ports import AppendOutcome, JobSnapshot
 from app.services.projection import AttemptsSoFar, advance_attempts, attempt_rows, job_row
 from app.services.rebuild import rebuilt_update
 from app.services.snapshots import FoldCounts, Folded, decode, encode, fold_jobs
@@ -57,7 +57,7 @@ def rig() -> tuple[Tracker, CountingLog, InMemoryProjectionStore, FakeClock]:
 
 
 async def test_each_settle_folds_only_the_events_after_the_snapshot(rig) -> None:  # type: ignore[no-untyped-def]
-    tracker, log, store, _ = rig
+    tracker, log, store, clock = rig
     await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n")])
     for _ in range(20):
         await tracker.record(beats("j", 50))
@@ -65,21 +65,24 @@ async def test_each_settle_folds_only_the_events_after_the_snapshot(rig) -> None
     assert tracker.folds == FoldCounts(from_snapshot=20, whole=1, refused=0, events=1002)
     [snapshot] = (await store.snapshots(["j"])).values()
     assert snapshot.seq == 1002
-    log.reads_from.clear()
+    assert log.reads_from == [], "each batch folded the snapshot and the entries it appended"
     await tracker.record(beats("j", 3))
-    assert log.reads_from == [{"j": 1002}], "from the snapshot's entry, not from seq 1"
-    assert log.whole_reads == [] and tracker.folds.events == 1005
+    assert log.reads_from == []
+    await log.append_many(beats("j", 2), clock.now())  # entries no settle has seen
+    await tracker.record(beats("j", 1))
+    assert log.reads_from == [{"j": 1005}], "from the snapshot's entry, not from seq 1"
+    assert log.whole_reads == [] and tracker.folds.events == 1008
     state = fold_history(await log.read_job("j"), POLICY)
     assert await store.get_job("j") == job_row(state, POLICY)
 
 
-async def test_decisions_read_back_only_the_entries_after_the_state(rig) -> None:  # type: ignore[no-untyped-def]
+async def test_decisions_are_folded_as_appended_without_reading_them_back(rig) -> None:  # type: ignore[no-untyped-def]
     tracker, log, store, clock = rig
     await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n"), *beats("j", 30)])
     log.reads_from.clear()
     clock.at = T0 + timedelta(minutes=5)  # the 60 s lease ran out: expired, then cooling down
     assert await tracker.fire_due_timers() == 1
-    assert log.reads_from == [{"j": 32}, {"j": 33}]  # the snapshot's entry; then the expiry
+    assert log.reads_from == [{"j": 32}]  # the snapshot's entry; the expiry is folded as appended
     clock.at += timedelta(minutes=5)  # cooldown over: retried
     assert await tracker.fire_due_timers() == 1
     history = await log.read_job("j")
@@ -87,6 +90,37 @@ async def test_decisions_read_back_only_the_entries_after_the_state(rig) -> None
     assert log.whole_reads == [] and tracker.folds.events == len(history)
     assert await store.get_job("j") == job_row(fold_history(history, POLICY), POLICY)
     assert await store.get_attempts("j") == rebuilt_update(history, POLICY).attempts
+
+
+class RivalLog(CountingLog):
+    """A log another writer appends to just before the tracker's decisions land: the rival's
+    own event first, or the very same decisions (a tracker that decided them too)."""
+
+    def __init__(self, rival: str) -> None:
+        super().__init__()
+        self.rival = rival
+
+    async def append_many(
+        self, events: Sequence[JobEvent], recorded_at: datetime
+    ) -> list[AppendOutcome]:
+        if any(e.type == "expired" for e in events):
+            first = events if self.rival == "same decisions" else beats(events[0].job_id, 1)
+            await super().append_many(first, recorded_at)
+        return await super().append_many(events, recorded_at)
+
+
+@pytest.mark.parametrize("rival", ["an event first", "same decisions"])
+async def test_decisions_another_writer_got_between_are_read_back(rival: str) -> None:
+    log, store, clock = RivalLog(rival), InMemoryProjectionStore(), FakeClock()
+    tracker = Tracker(log, store, POLICY, clock)
+    await tracker.record([submitted("j"), Reserved(**env("j"), node_id="n"), *beats("j", 30)])
+    log.reads_from.clear()
+    clock.at = T0 + timedelta(minutes=5)
+    assert await tracker.fire_due_timers() == 1
+    assert log.reads_from == [{"j": 32}, {"j": 33}]  # the snapshot's entry; then the log after it
+    history = await log.read_job("j")
+    assert len(history) == (34 if rival == "an event first" else 33)
+    assert await store.get_job("j") == job_row(fold_history(history, POLICY), POLICY)
 
 
 def _edit(log: InMemoryEventLog, job: str, seq: int, event: JobEvent) -> None:
