@@ -23,7 +23,8 @@ from app.services.batcher import Batcher, DeliveryAbandoned
 from app.services.health import Health
 from app.services.ingest import Ingestor
 from app.services.partitions import PartitionCoordinator
-from tests.integration.test_partition_handover import Consumer, _raw, _until
+from tests.integration.test_partition_handover import Consumer, _raw
+from tests.polling import until
 from tests.unit.test_bounded_stops import LIVENESS, Hang, Store
 from tests.unit.test_ring_keeper import Publisher
 from tests.unit.test_tracking_service import submitted
@@ -78,8 +79,8 @@ async def test_a_stop_with_the_store_hanging_acks_nothing_and_hands_everything_b
     )  # fmt: skip
     batcher.start()
     await coordinator.start()
-    await _until(lambda: store.waiting == 1, "a batch stuck in the store")
-    await _until(lambda: batcher._queue.qsize() > 0, "more deliveries queued behind it")
+    await until(lambda: store.waiting == 1, "a batch stuck in the store")
+    await until(lambda: batcher._queue.qsize() > 0, "more deliveries queued behind it")
 
     async with asyncio.timeout(LIVENESS):
         await coordinator.stop()
@@ -92,7 +93,7 @@ async def test_a_stop_with_the_store_hanging_acks_nothing_and_hands_everything_b
     reader = RabbitPartitionConsumers(rabbit_url, lambda b, i: _subscribe_jobs(after, b, i))
     try:
         await reader.consume(0)
-        await _until(lambda: len(after.got) >= EVENTS, "every event back in the queue")
+        await until(lambda: len(after.got) >= EVENTS, "every event back in the queue")
     finally:
         await reader.close()
     assert after.got == list(range(EVENTS)), "all of them, in order, none acked"

@@ -23,7 +23,8 @@ from app.bootstrap import build_tracking, prepare_storage
 from app.bootstrap.worker import partition_coordinator
 from app.ports import PublishFailed
 from app.settings import Settings
-from tests.integration.test_poison_batch import _all_acknowledged, _event, _ready, _until
+from tests.integration.test_poison_batch import _all_acknowledged, _event, _ready
+from tests.polling import until
 
 PARTITIONS = 2
 
@@ -166,17 +167,17 @@ async def test_the_worker_acks_an_unkeyed_event_only_once_its_rekey_is_confirmed
         async def redelivered() -> bool:
             return deliveries["job-unkeyed", False] >= 2
 
-        await _until(redelivered, "the unacknowledged original to come again")
+        await until(redelivered, "the unacknowledged original to come again")
         assert await tracking.readers.log.count() == 0
         await _events_binding(rabbit_url, bound=True)
 
         async def recorded() -> bool:
             return await tracking.readers.log.count() == 1
 
-        await _until(recorded, "the re-keyed copy to be recorded")
+        await until(recorded, "the re-keyed copy to be recorded")
         # The original acknowledged (no re-key comes after that) and every confirmed copy
         # consumed and acknowledged: the counts below are final.
-        await _until(
+        await until(
             lambda: _all_acknowledged(rabbit_url, PARTITIONS), "every delivery acknowledged"
         )
     finally:
