@@ -181,7 +181,8 @@ async def get_fairness(
         Query(
             gt=1,
             le=1000,
-            description="Starved when a tenant's wait p95 exceeds the pool's this many times "
+            description="Starved when a tenant's wait p95 exceeds the other tenants' in its pool "
+            "this many times "
             "(the policy's [fairness] starvation_factor by default).",
         ),
     ] = None,

@@ -133,7 +133,8 @@ def fairness_command(
         typer.Option(
             "--factor",
             callback=_factor_param,
-            help="Starved when a tenant's wait p95 exceeds its pool's this many times.",
+            help="Starved when a tenant's wait p95 exceeds the other tenants' in its pool "
+            "this many times.",
         ),
     ] = None,
     as_json: JsonOpt = False,
