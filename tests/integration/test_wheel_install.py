@@ -27,12 +27,12 @@ from tests.e2e.harness import new_job_id, publish
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = (
-    "app/entrypoints/templates/dashboard.html",
-    "app/entrypoints/templates/dashboard.js",
-    "app/entrypoints/templates/dashboard.css",
-    "app/adapters/templates/report.html",
+TEMPLATES = sorted(
+    path.relative_to(ROOT).as_posix()
+    for folder in ("app/entrypoints/templates", "app/adapters/templates")
+    for path in (ROOT / folder).iterdir()
 )
+"""Every page, script and style the dashboard and the report read, as the source tree has them."""
 SUBMIT = {"job_type": "sync", "model": "m", "priority": "bulk", "tenant": "t", "pool": "p"}
 
 
@@ -53,8 +53,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     assert "app/migrations/env.py" in names, names
     assert any(n.startswith("app/migrations/versions/0001_") for n in names), names
+    assert len(TEMPLATES) >= 4, TEMPLATES
     for template in TEMPLATES:
         assert template in names, names
+    (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    routing = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[jobtrail.routing]" in routing and "least-failing" in routing, routing
     _run(sys.executable, "-m", "venv", work / "venv", cwd=work)
     bin_dir = work / "venv" / "bin"
     _run(bin_dir / "pip", "install", "-q", "-c", ROOT / "constraints.txt", wheel, cwd=work)
