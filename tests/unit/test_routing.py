@@ -34,7 +34,7 @@ from app.domain.events import (
 )
 from app.domain.machine import fold
 from app.domain.policy import Policy
-from app.domain.routing import RoutingChoice, RoutingRequest
+from app.domain.routing import MAX_COOLDOWN, RoutingChoice, RoutingRequest
 from app.entrypoints.shapes import flat_event
 from app.services.export import EVENT_COLUMNS
 from app.services.least_failing import route as least_failing
@@ -290,6 +290,14 @@ def _wrong_type(request: RoutingRequest) -> object:
     return {"pool": "west", "cooldown": 3}
 
 
+def _seconds_not_timedelta(request: RoutingRequest) -> RoutingChoice:
+    return RoutingChoice(None, 3)  # type: ignore[arg-type]  # a plugin's mistake, on purpose
+
+
+def _too_long(request: RoutingRequest) -> RoutingChoice:
+    return RoutingChoice(None, MAX_COOLDOWN + timedelta(seconds=1))
+
+
 RELEASE = threading.Event()
 
 
@@ -305,6 +313,8 @@ def _hangs(request: RoutingRequest) -> RoutingChoice:
         (_unknown_pool, "pool 'mars'"),
         (_negative, "negative cooldown"),
         (_wrong_type, "not a RoutingChoice"),
+        (_seconds_not_timedelta, "answered cooldown 3, not a timedelta"),
+        (_too_long, f"a cooldown over {MAX_COOLDOWN.days} days"),
         (_hangs, "did not answer within"),
     ],
 )
