@@ -86,7 +86,9 @@ class BatchAcks:
         Returns when the acknowledgement covering it is written, or at once if a delivery before
         it is still in flight (whoever finishes that one acknowledges both).
         """
-        await self._finish(message, ack=True)
+        waiting = self.finish(message, ack=True)
+        if waiting is not None:
+            await asyncio.shield(waiting)
 
     async def nack(self, message: Any) -> None:
         """Give ``message`` back to the queue (its handler failed); later ones may be acked."""
@@ -94,16 +96,18 @@ class BatchAcks:
             await message.nack(requeue=True)
         except BROKER_ERRORS as exc:
             log.debug("a nack was not sent: %r", exc)
-        await self._finish(message, ack=False)
+        waiting = self.finish(message, ack=False)
+        if waiting is not None:
+            await asyncio.shield(waiting)
 
-    async def _finish(self, message: Any, *, ack: bool) -> None:
+    def finish(self, message: Any, *, ack: bool) -> asyncio.Future[None] | None:
+        """``ack`` without waiting: the future of the acknowledgement covering ``message``,
+        or None if none is due from it (a nack must have been sent before)."""
         try:
             channel = message.channel
         except BROKER_ERRORS:
-            return  # the channel is closed: the broker redelivers what it did not see acked
+            return None  # the channel is closed: the broker redelivers what it did not see acked
         acks = self._channels.get(channel)
         if acks is None:
             acks = self._channels[channel] = _ChannelAcks(channel)
-        waiting = acks.finish(message.delivery_tag, ack=ack)
-        if waiting is not None:
-            await asyncio.shield(waiting)
+        return acks.finish(message.delivery_tag, ack=ack)

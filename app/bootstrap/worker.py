@@ -1,18 +1,20 @@
-"""The FastStream app: thin subscribers that hand raw messages to the ingestion service."""
+"""The FastStream app and the partition queues' handlers: raw messages to the ingestion service."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Coroutine
 from typing import Any, NamedTuple
 
+from aio_pika.abc import AbstractIncomingMessage
 from faststream import AckPolicy, FastStream
-from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitMessage, RabbitQueue
+from faststream.rabbit import Channel, QueueType, RabbitBroker, RabbitQueue
 
 from app.adapters import rabbit
 from app.adapters.rabbit_acks import BatchAcks
-from app.adapters.rabbit_partitions import RabbitPartitionConsumers
+from app.adapters.rabbit_partitions import Handler, RabbitPartitionConsumers
 from app.bootstrap import Tracking
 from app.ports import PublishFailed, WriteRefused
 from app.services.batcher import DeliveryAbandoned
@@ -26,60 +28,16 @@ PUBLISH_RETRY_PAUSE = 1.0
 _EPOCH = re.compile(r"[0-9a-f]{32}")  # a barrier epoch; any other header value is not a marker
 
 
-class Incoming(NamedTuple):
-    """A message as delivered: its body, undecoded, and whether it named its job in a header.
-
-    ``barrier`` is the epoch of a ring barrier's marker (app/services/ring.py), else None.
-    ``raw`` is aio-pika's message: the handler acknowledges it itself.
-    """
-
-    body: bytes
-    keyed: bool
-    barrier: str | None
-    raw: Any
-
-
-async def _incoming(message: Any) -> Incoming:
-    """Hand the body over undecoded: validation (and quarantine) is the service's job.
-
-    Reading the header here, in the decoder, costs nothing; injecting the message into the
-    handler would cost a worker-thread round trip per message.
-    """
-    headers = message.headers or {}
-    body = bytes(message.body)
-    raw = message.raw_message
-    return Incoming(body, rabbit.JOB_ID_HEADER in headers, _marker(raw, headers, body), raw)
-
-
-def _marker(raw: Any, headers: dict[str, Any], body: bytes) -> str | None:
+def _marker(message: AbstractIncomingMessage, headers: dict[str, Any]) -> str | None:
     """The epoch of a ring barrier's marker, or None: only Jobtrail's own markers count.
 
     Those are empty and published straight to the partition queue (the default exchange); a
     producer's message through jobtrail.events carrying the header is handled as any other.
     """
     epoch = headers.get(rabbit.BARRIER_HEADER)
-    if body or not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch):
+    if message.body or not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch):
         return None
-    return epoch if getattr(raw, "exchange", None) == "" else None
-
-
-async def _parse(raw: Any) -> RabbitMessage:
-    """FastStream's parser for a partition queue, minus what costs and serves nothing here.
-
-    FastStream's own draws two uuid4 per message that lacks a message and correlation id (most
-    producers' events do): about 4 % of a tracker's CPU under load (py-spy), for ids used only
-    in FastStream's debug logs. The delivery tag stands in for them.
-    """
-    fallback = raw.message_id or raw.correlation_id or f"delivery-{raw.delivery_tag}"
-    return RabbitMessage(
-        body=raw.body,
-        headers=raw.headers,
-        reply_to=raw.reply_to or "",
-        content_type=raw.content_type,
-        message_id=raw.message_id or fallback,
-        correlation_id=raw.correlation_id or fallback,
-        raw_message=raw,
-    )
+    return epoch if message.exchange == "" else None
 
 
 class DeadJob(NamedTuple):
@@ -144,7 +102,8 @@ def partition_coordinator(tracking: Tracking) -> PartitionCoordinator:
     settings = tracking.settings
     consumers = RabbitPartitionConsumers(
         settings.rabbit_url,
-        lambda broker, index: subscribe_partition(broker, tracking, index),
+        lambda index: partition_handler(tracking, index),
+        prefetch=settings.prefetch,
         name=f"jobtrail {tracking.member}",
     )
     return PartitionCoordinator(
@@ -159,66 +118,119 @@ def partition_coordinator(tracking: Tracking) -> PartitionCoordinator:
     )
 
 
-def partition_queue(index: int) -> RabbitQueue:
-    """Partition queue ``index`` as FastStream declares it (quorum, single active consumer)."""
-    return RabbitQueue(  # type: ignore[call-overload,no-any-return]
-        rabbit.partition_queue(index),
-        queue_type=QueueType.QUORUM,
-        durable=True,
-        arguments=rabbit.TRACKER_QUEUE_ARGS,
-    )
+def partition_handler(tracking: Tracking, index: int) -> Handler:
+    """The handler of partition ``index``'s deliveries (aio-pika messages, manual acks)."""
+    return _PartitionHandler(tracking, index).on_event
 
 
-def subscribe_partition(broker: RabbitBroker, tracking: Tracking, index: int) -> None:
-    """Register partition ``index``'s subscriber on ``broker``."""
-    queue = partition_queue(index)
-    ingestor = tracking.ingestor
-    acks = BatchAcks()  # a committed batch is acknowledged with one frame per partition
+class _PartitionHandler:
+    """Partition ``index``'s deliveries to the ingestion service, acknowledged once recorded.
 
-    @broker.subscriber(
-        queue,
-        channel=Channel(prefetch_count=tracking.settings.prefetch),
-        # Acknowledged here, inside ``delivery``: a partition is handed over only once every
-        # delivery recorded here is acknowledged (app/services/partitions.py).
-        ack_policy=AckPolicy.MANUAL,
-        parser=_parse,
-        decoder=_incoming,
-        title=rabbit.partition_queue(index),
-        description=(
-            "Lifecycle events published to jobtrail.events (routing key job.<type>), "
-            "spread over partitions by the x-jobtrail-job-id header."
-        ),
-    )
-    async def on_event(message: Any) -> None:  # an Incoming (no validation: apply_types=False)
-        if message.barrier is not None:
+    The body goes to the ingestion service undecoded: validation (and quarantine) is its job.
+    A partition is handed over only once every delivery recorded here is acknowledged
+    (app/services/partitions.py). The common delivery (a valid event naming its job, of a
+    partition that is not paused) never waits here: it is handed to the batcher, and its batch's
+    commit acknowledges it through callbacks, so its task ends at once instead of waiting for the
+    commit and the acknowledgement (docs/performance.md, item 19). The rest (ring markers,
+    quarantines, re-keying, held deliveries) is awaited in the delivery's task as before.
+    """
+
+    def __init__(self, tracking: Tracking, index: int) -> None:
+        self.tracking = tracking
+        self.ingestor = tracking.ingestor
+        self.index = index
+        self.acks = BatchAcks()  # a committed batch is acknowledged with one frame per partition
+
+    async def on_event(self, message: AbstractIncomingMessage) -> None:
+        headers = message.headers
+        if headers and (barrier := _marker(message, headers)) is not None:
             # Not a delivery the hand-over waits for: it waits for the whole ring.
-            await tracking.ring.arrive(index, message.barrier)
-            await acks.ack(message.raw)
+            await self.tracking.ring.arrive(self.index, barrier)
+            await self.acks.ack(message)
             return
-        with ingestor.delivery(index):
-            try:
-                await ingestor.accept(
-                    message.body,
-                    keyed=message.keyed,
-                    partition=index,
-                    routing_key=getattr(message.raw, "routing_key", None),
-                )
-            except DeliveryAbandoned:
-                return  # handed back to the broker with the partition: not an error
-            except PublishFailed as exc:
-                # A re-keyed copy (or a quarantined one) was not confirmed: the original is not
-                # acknowledged. Given back after a pause, so a broker in trouble does not spend
-                # the queue's delivery limit in a second of retries. The copy may have landed
-                # all the same: a repeat carries the same message id (docs/protocol.md).
-                log.warning(
-                    "not acknowledged, given back to the broker: %s",
-                    exc,
-                    extra={"partition": index, "body_sha256": rabbit.quarantine_id(message.body)},
-                )
-                await asyncio.sleep(PUBLISH_RETRY_PAUSE)
-                await acks.nack(message.raw)
+        keyed = bool(headers) and rabbit.JOB_ID_HEADER in headers
+        ingestor, index = self.ingestor, self.index
+        ingestor.begin(index)  # in flight until acknowledged, given back or abandoned
+        try:
+            done = ingestor.accept_soon(
+                message.body, keyed=keyed, partition=index, routing_key=message.routing_key
+            )
+            if done is not None:
+                done.add_done_callback(lambda done: self._recorded(message, done))
                 return
-            except Exception:
-                await acks.nack(message.raw)
-                raise
-            await acks.ack(message.raw)
+            work = ingestor.accept(
+                message.body, keyed=keyed, partition=index, routing_key=message.routing_key
+            )
+        except BaseException:
+            ingestor.end(index)
+            raise
+        try:
+            await self._handle(message, work)
+        finally:
+            ingestor.end(index)
+
+    def _recorded(self, message: AbstractIncomingMessage, done: asyncio.Future[None]) -> None:
+        """The fast path's end: acknowledge ``message`` once its batch is recorded."""
+        exc = DeliveryAbandoned() if done.cancelled() else done.exception()
+        end = self.ingestor.end
+        if exc is None:
+            waiting = self.acks.finish(message, ack=True)
+            if waiting is None:
+                end(self.index)
+            else:
+                waiting.add_done_callback(lambda _: end(self.index))
+        elif isinstance(exc, DeliveryAbandoned):
+            end(self.index)  # handed back to the broker with the partition: not an error
+        elif not _spawn(message, self._after_failure(message, exc)):
+            end(self.index)  # a refused write is quarantined, else given back; or gone
+
+    async def _after_failure(self, message: AbstractIncomingMessage, exc: BaseException) -> None:
+        async def quarantine_or_raise() -> None:
+            if not isinstance(exc, WriteRefused):
+                raise exc
+            await self.ingestor.refused(message.body, exc)
+
+        try:
+            await self._handle(message, quarantine_or_raise())
+        finally:
+            self.ingestor.end(self.index)
+
+    async def _handle(self, message: AbstractIncomingMessage, work: Awaitable[None]) -> None:
+        """Await ``work``, then acknowledge ``message``, or give it back if it failed."""
+        try:
+            await work
+        except DeliveryAbandoned:
+            return  # handed back to the broker with the partition: not an error
+        except PublishFailed as exc:
+            # A re-keyed copy (or a quarantined one) was not confirmed: the original is not
+            # acknowledged. Given back after a pause, so a broker in trouble does not spend the
+            # queue's delivery limit in a second of retries. The copy may have landed all the
+            # same: a repeat carries the same message id (docs/protocol.md).
+            log.warning(
+                "not acknowledged, given back to the broker: %s",
+                exc,
+                extra={"partition": self.index, "body_sha256": rabbit.quarantine_id(message.body)},
+            )
+            await asyncio.sleep(PUBLISH_RETRY_PAUSE)
+            await self.acks.nack(message)
+            return
+        except Exception:
+            # Given back; the queue's delivery limit dead-letters a message that fails every
+            # time (x-delivery-limit, docs/reliability.md).
+            log.exception("handling a delivery failed; given back", extra={"partition": self.index})
+            await self.acks.nack(message)
+            return
+        await self.acks.ack(message)
+
+
+def _spawn(message: AbstractIncomingMessage, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work`` as a task of ``message``'s channel: closing the channel cancels it, as it
+    cancels the deliveries' own tasks. False if the channel is closed: ``work`` is closed
+    unstarted (its ``finally`` does not run) and the broker delivers the message again."""
+    try:
+        channel = message.channel
+    except rabbit.BROKER_ERRORS:
+        work.close()
+        return False
+    channel.create_task(work)
+    return True

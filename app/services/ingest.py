@@ -88,10 +88,12 @@ class Ingestor:
         """
         return _Delivery(self, partition)
 
-    def _begin(self, partition: int) -> None:
+    def begin(self, partition: int) -> None:
+        """Count one delivery of ``partition`` in flight (``delivery`` without a block)."""
         self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
 
-    def _end(self, partition: int) -> None:
+    def end(self, partition: int) -> None:
+        """The delivery counted by ``begin`` is done: acknowledged, given back or abandoned."""
         self._in_flight[partition] -= 1
         self._changed.set()
 
@@ -160,6 +162,32 @@ class Ingestor:
         except WriteRefused as exc:  # the store will never take it: park it, with the reason
             await self._quarantine(body, f"refused_by_store: {exc}")
 
+    def accept_soon(
+        self, body: bytes, *, keyed: bool, partition: int, routing_key: str | None
+    ) -> asyncio.Future[None] | None:
+        """``accept``'s common case without a coroutine per message, or None if it does not apply.
+
+        A valid event that names its job, of a partition that is not paused, is handed to the
+        batcher now; the future is done when it may be acknowledged, or fails as ``accept``
+        would have raised (``WriteRefused``: quarantine it with ``refused``). Anything else (a
+        body to quarantine, an event to re-key, a paused partition) answers None: the caller
+        then awaits ``accept``, which parses the body again (rare cases only).
+        """
+        if partition in self._held or (not keyed and self.rekey_unkeyed):
+            return None
+        event, _ = rejection_reason(body)
+        if event is None:
+            return None
+        if routing_key is not None and routing_key != f"job.{event.type}":
+            self._misrouted(event, routing_key)
+        pending = Pending.of(event)
+        self.batcher.hand(pending)
+        return pending.done
+
+    async def refused(self, body: bytes, exc: WriteRefused) -> None:
+        """Quarantine an event handed over by ``accept_soon`` that the store refused."""
+        await self._quarantine(body, f"refused_by_store: {exc}")
+
     async def _quarantine(self, body: bytes, reason: str) -> None:
         await self.publisher.quarantine(body, reason, {})
         log.info("quarantined", extra={"reason": reason})
@@ -204,7 +232,7 @@ class _Delivery:
         self.ingestor, self.partition = ingestor, partition
 
     def __enter__(self) -> None:
-        self.ingestor._begin(self.partition)
+        self.ingestor.begin(self.partition)
 
     def __exit__(self, *_exc: object) -> None:
-        self.ingestor._end(self.partition)
+        self.ingestor.end(self.partition)

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import aio_pika
-from faststream import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker
+from aio_pika.abc import AbstractIncomingMessage
 
 from app.adapters import rabbit
 from app.adapters.clock import SystemClock
 from app.adapters.memory_store import InMemoryMembership
-from app.adapters.rabbit_partitions import RabbitPartitionConsumers
-from app.bootstrap.worker import partition_queue
+from app.adapters.rabbit_partitions import Handler, RabbitPartitionConsumers
 from app.services.batcher import Batcher, DeliveryAbandoned
 from app.services.health import Health
 from app.services.ingest import Ingestor
 from app.services.partitions import PartitionCoordinator
-from tests.integration.test_partition_handover import Consumer, _raw
+from tests.integration.test_partition_handover import Consumer
 from tests.polling import until
 from tests.unit.test_bounded_stops import LIVENESS, Hang, Store
 from tests.unit.test_ring_keeper import Publisher
@@ -56,14 +53,8 @@ async def test_a_stop_with_the_store_hanging_acks_nothing_and_hands_everything_b
     ingestor = Ingestor(batcher, Publisher())
     acked: list[bytes] = []
 
-    def subscribe(broker: RabbitBroker, index: int) -> None:
-        @broker.subscriber(
-            partition_queue(index),
-            channel=Channel(prefetch_count=50),
-            ack_policy=AckPolicy.MANUAL,
-            decoder=_raw,
-        )
-        async def handle(raw: Any) -> None:  # what app/bootstrap/worker.py does
+    def handler(index: int) -> Handler:
+        async def handle(raw: AbstractIncomingMessage) -> None:  # as app/bootstrap/worker.py
             with ingestor.delivery(index):
                 try:
                     await ingestor.accept(raw.body, partition=index)
@@ -72,7 +63,9 @@ async def test_a_stop_with_the_store_hanging_acks_nothing_and_hands_everything_b
             await raw.ack()
             acked.append(raw.body)
 
-    consumers = RabbitPartitionConsumers(rabbit_url, subscribe, name="stopping")
+        return handle
+
+    consumers = RabbitPartitionConsumers(rabbit_url, handler, prefetch=50, name="stopping")
     coordinator = PartitionCoordinator(
         InMemoryMembership(), consumers, ingestor, 1, "a", SystemClock(), beat_every=0.05,
         stop_grace=1.0, io_timeout=3.0,
@@ -90,7 +83,7 @@ async def test_a_stop_with_the_store_hanging_acks_nothing_and_hands_everything_b
     assert acked == [] and store.recorded == []
     assert consumers.consuming() == set()
     after = Consumer(ack=lambda n: True)
-    reader = RabbitPartitionConsumers(rabbit_url, lambda b, i: _subscribe_jobs(after, b, i))
+    reader = RabbitPartitionConsumers(rabbit_url, lambda i: _jobs(after), prefetch=50)
     try:
         await reader.consume(0)
         await until(lambda: len(after.got) >= EVENTS, "every event back in the queue")
@@ -99,15 +92,11 @@ async def test_a_stop_with_the_store_hanging_acks_nothing_and_hands_everything_b
     assert after.got == list(range(EVENTS)), "all of them, in order, none acked"
 
 
-def _subscribe_jobs(consumer: Consumer, broker: RabbitBroker, index: int) -> None:
-    """``consumer`` on partition ``index``, seeing each job event as its number."""
+def _jobs(consumer: Consumer) -> Handler:
+    """``consumer``'s handler, seeing each job event as its number."""
 
-    @broker.subscriber(
-        partition_queue(index),
-        channel=Channel(prefetch_count=50),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=_raw,
-    )
-    async def handle(raw: Any) -> None:
+    async def handle(raw: AbstractIncomingMessage) -> None:
         consumer.got.append(int(json.loads(raw.body)["job_id"].removeprefix("job-")))
         await raw.ack()
+
+    return handle

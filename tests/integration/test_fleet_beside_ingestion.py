@@ -84,16 +84,22 @@ class LoopLag:
 
 
 def _spy_on_acks(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
-    """Job id -> when its delivery's acknowledgement was written."""
+    """Job id -> when its delivery's acknowledgement was written (or, when a delivery before it
+    was still in flight, when it was handed to the multiple-ack that will cover it)."""
     acked: dict[str, float] = {}
-    real_ack = BatchAcks.ack
+    real_finish = BatchAcks.finish
 
-    async def ack(self: BatchAcks, message: Any) -> None:
-        await real_ack(self, message)
-        if message.body:  # ring markers are empty
-            acked[json.loads(message.body)["job_id"]] = time.monotonic()
+    def finish(self: BatchAcks, message: Any, *, ack: bool) -> asyncio.Future[None] | None:
+        waiting = real_finish(self, message, ack=ack)
+        if ack and message.body:  # ring markers are empty
+            job_id = json.loads(message.body)["job_id"]
+            if waiting is None:
+                acked[job_id] = time.monotonic()
+            else:
+                waiting.add_done_callback(lambda _: acked.__setitem__(job_id, time.monotonic()))
+        return waiting
 
-    monkeypatch.setattr(BatchAcks, "ack", ack)
+    monkeypatch.setattr(BatchAcks, "finish", finish)
     return acked
 
 

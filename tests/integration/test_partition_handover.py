@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import aio_pika
-from faststream import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker
+from aio_pika.abc import AbstractIncomingMessage
 
 from app.adapters import rabbit
-from app.adapters.rabbit_partitions import RabbitPartitionConsumers
-from app.bootstrap.worker import partition_queue
+from app.adapters.rabbit_partitions import Handler, RabbitPartitionConsumers
 from tests import servers
 from tests.polling import until
 
 MESSAGES = 300
 ACKED_BY_FIRST = 100
-
-
-async def _raw(message: Any) -> Any:
-    return message.raw_message
 
 
 class Consumer:
@@ -38,14 +31,8 @@ class Consumer:
         self.got: list[int] = []
         self.holding: list[asyncio.Future[None]] = []
 
-    def subscribe(self, broker: RabbitBroker, index: int) -> None:
-        @broker.subscriber(
-            partition_queue(index),
-            channel=Channel(prefetch_count=50),
-            ack_policy=AckPolicy.MANUAL,
-            decoder=_raw,
-        )
-        async def handle(raw: Any) -> None:
+    def handler(self, index: int) -> Handler:
+        async def handle(raw: AbstractIncomingMessage) -> None:
             number = int(raw.body)
             self.got.append(number)
             if self.ack(number):
@@ -54,6 +41,8 @@ class Consumer:
             held = asyncio.get_running_loop().create_future()
             self.holding.append(held)
             await held  # holds the delivery unacknowledged until cancelled
+
+        return handle
 
     def cancel(self) -> None:
         for held in self.holding:
@@ -79,8 +68,8 @@ async def test_a_released_partition_goes_to_the_waiting_consumer_in_order(
     await _publish(rabbit_url, range(MESSAGES))
     first = Consumer(ack=lambda n: n < ACKED_BY_FIRST)
     second = Consumer(ack=lambda n: True)
-    a = RabbitPartitionConsumers(rabbit_url, first.subscribe, name="first")
-    b = RabbitPartitionConsumers(rabbit_url, second.subscribe, name="second")
+    a = RabbitPartitionConsumers(rabbit_url, first.handler, prefetch=50, name="first")
+    b = RabbitPartitionConsumers(rabbit_url, second.handler, prefetch=50, name="second")
     try:
         await a.consume(0)
         await a.consume(0)  # again: a no-op, not a second subscription

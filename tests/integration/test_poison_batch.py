@@ -25,6 +25,7 @@ from app.bootstrap import build_tracking, prepare_storage
 from app.bootstrap.worker import partition_coordinator
 from app.settings import Settings
 from tests import servers
+from tests.deliveries import count_deliveries
 from tests.polling import until
 
 POISON_JOB = "poison-job"
@@ -123,17 +124,13 @@ async def test_a_poison_event_is_quarantined_and_its_255_batch_mates_recorded_on
     tracking = build_tracking(settings)
     deliveries: Counter[bytes] = Counter()
     batches: list[list[str]] = []
-    accept, record = tracking.ingestor.accept, tracking.batcher.record
-
-    async def counting_accept(body: bytes, **kwargs: Any) -> None:
-        deliveries[body] += 1
-        await accept(body, **kwargs)
+    record = tracking.batcher.record
+    count_deliveries(tracking.ingestor, lambda body, _keyed: deliveries.update([body]))
 
     async def watching_record(events: Any) -> object:
         batches.append([e.job_id for e in events])
         return await record(events)
 
-    tracking.ingestor.accept = counting_accept  # type: ignore[method-assign]
     tracking.batcher.record = watching_record
     await tracking.start()
     coordinator = tracking.coordinator = partition_coordinator(tracking)

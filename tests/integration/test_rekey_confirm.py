@@ -23,6 +23,7 @@ from app.bootstrap import build_tracking, prepare_storage
 from app.bootstrap.worker import partition_coordinator
 from app.ports import PublishFailed
 from app.settings import Settings
+from tests.deliveries import count_deliveries
 from tests.integration.test_poison_batch import _all_acknowledged, _event, _ready
 from tests.polling import until
 
@@ -151,13 +152,10 @@ async def test_the_worker_acks_an_unkeyed_event_only_once_its_rekey_is_confirmed
 
     tracking = build_tracking(settings)
     deliveries: Counter[tuple[str, bool]] = Counter()
-    accept = tracking.ingestor.accept
-
-    async def counting_accept(got: bytes, **kwargs: Any) -> None:
-        deliveries[json.loads(got)["job_id"], kwargs.get("keyed", True)] += 1
-        await accept(got, **kwargs)
-
-    tracking.ingestor.accept = counting_accept  # type: ignore[method-assign]
+    count_deliveries(
+        tracking.ingestor,
+        lambda got, keyed: deliveries.update([(json.loads(got)["job_id"], keyed)]),
+    )
     await tracking.start()  # declares the topology: unbind after it
     await _events_binding(rabbit_url, bound=False)
     coordinator = tracking.coordinator = partition_coordinator(tracking)
