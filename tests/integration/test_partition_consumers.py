@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 
-import aio_pika
 import httpx
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -19,22 +18,10 @@ from app.adapters import rabbit
 from app.adapters.rabbit_acks import BatchAcks
 from app.adapters.rabbit_partitions import RabbitPartitionConsumers
 from tests import servers
+from tests.integration.test_partition_handover import _publish
 from tests.polling import until
 
 QUEUE = rabbit.partition_queue(0)
-
-
-async def _publish(url: str, numbers: range) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel(publisher_confirms=True)
-        await rabbit.declare_topology(channel, 1, ring=False)
-        for number in numbers:
-            await channel.default_exchange.publish(
-                aio_pika.Message(str(number).encode()), routing_key=QUEUE
-            )
-    finally:
-        await connection.close()
 
 
 async def _consumers(url: str) -> dict[str, list[str]]:
