@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -181,8 +181,8 @@ class _PartitionHandler:
                 waiting.add_done_callback(lambda _: end(self.index))
         elif isinstance(exc, DeliveryAbandoned):
             end(self.index)  # handed back to the broker with the partition: not an error
-        elif not _spawn(message, self._after_failure(message, exc)):
-            end(self.index)  # a refused write is quarantined, else given back; or gone
+        else:  # a refused write is quarantined, anything else given back
+            _spawn(message, self._after_failure(message, exc), lambda: end(self.index))
 
     async def _after_failure(self, message: AbstractIncomingMessage, exc: BaseException) -> None:
         async def quarantine_or_raise() -> None:
@@ -190,10 +190,7 @@ class _PartitionHandler:
                 raise exc
             await self.ingestor.refused(message.body, exc)
 
-        try:
-            await self._handle(message, quarantine_or_raise())
-        finally:
-            self.ingestor.end(self.index)
+        await self._handle(message, quarantine_or_raise())
 
     async def _handle(self, message: AbstractIncomingMessage, work: Awaitable[None]) -> None:
         """Await ``work``, then acknowledge ``message``, or give it back if it failed."""
@@ -223,14 +220,18 @@ class _PartitionHandler:
         await self.acks.ack(message)
 
 
-def _spawn(message: AbstractIncomingMessage, work: Coroutine[Any, Any, None]) -> bool:
-    """Run ``work`` as a task of ``message``'s channel: closing the channel cancels it, as it
-    cancels the deliveries' own tasks. False if the channel is closed: ``work`` is closed
-    unstarted (its ``finally`` does not run) and the broker delivers the message again."""
+def _spawn(
+    message: AbstractIncomingMessage, work: Coroutine[Any, Any, None], ended: Callable[[], None]
+) -> None:
+    """Run ``work`` as a task of ``message``'s channel (closing the channel cancels it, as it
+    cancels the deliveries' own tasks), then call ``ended``: once the task is done, cancelled
+    even before it started, or at once if the channel is closed already (``work`` is then
+    closed unstarted and the broker delivers the message again)."""
     try:
         channel = message.channel
     except rabbit.BROKER_ERRORS:
         work.close()
-        return False
-    channel.create_task(work)
-    return True
+        ended()
+        return
+    task = channel.create_task(work)
+    task.add_done_callback(lambda _: ended())
