@@ -9,8 +9,8 @@ next consumer in one step (what a crash does; docs/architecture.md).
 The partition queues are consumed with aio-pika's robust connection, channel and queue (what
 FastStream's RabbitMQ subscriber consumes with, so a dropped connection is reconnected and the
 consumer restored the same way), but not through a FastStream subscriber: its per-message
-pipeline (context scopes, middlewares, parser and decoder wrappers) was a third of a tracker's
-CPU, more than everything Jobtrail does with an event (docs/performance.md, item 19). The
+pipeline (context scopes, middlewares, parser and decoder wrappers) cost about a sixth of a
+tracker's CPU, as much as all of its recording (docs/performance.md, item 19). The
 FastStream app still runs the tracker and its other subscriber (the broker's dead letters).
 Each subscription gets a fresh connection: a closed one is never reused.
 """

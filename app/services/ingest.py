@@ -145,8 +145,8 @@ class Ingestor:
         a reason to refuse a valid event (docs/protocol.md).
         """
         event, reason = rejection_reason(body)
-        if event is not None and routing_key not in (None, f"job.{event.type}"):
-            self._misrouted(event, str(routing_key))
+        if event is not None:
+            self._check_route(event, routing_key)
         if event is None:
             assert reason is not None
             await self._quarantine(body, reason)
@@ -160,7 +160,7 @@ class Ingestor:
         try:
             await self._record(event, partition)
         except WriteRefused as exc:  # the store will never take it: park it, with the reason
-            await self._quarantine(body, f"refused_by_store: {exc}")
+            await self.refused(body, exc)
 
     def accept_soon(
         self, body: bytes, *, keyed: bool, partition: int, routing_key: str | None
@@ -178,14 +178,13 @@ class Ingestor:
         event, _ = rejection_reason(body)
         if event is None:
             return None
-        if routing_key is not None and routing_key != f"job.{event.type}":
-            self._misrouted(event, routing_key)
+        self._check_route(event, routing_key)
         pending = Pending.of(event)
         self.batcher.hand(pending)
         return pending.done
 
     async def refused(self, body: bytes, exc: WriteRefused) -> None:
-        """Quarantine an event handed over by ``accept_soon`` that the store refused."""
+        """Quarantine an event the store refused (one ``accept_soon`` handed over, too)."""
         await self._quarantine(body, f"refused_by_store: {exc}")
 
     async def _quarantine(self, body: bytes, reason: str) -> None:
@@ -210,6 +209,11 @@ class Ingestor:
                     held.remove(pending)  # its message stays unacknowledged: never recorded
                 raise
             raise DeliveryAbandoned from None
+
+    def _check_route(self, event: JobEvent, routing_key: str | None) -> None:
+        """Report ``event`` if a ``routing_key`` it came with contradicts its type."""
+        if routing_key is not None and routing_key != f"job.{event.type}":
+            self._misrouted(event, routing_key)
 
     def _misrouted(self, event: JobEvent, routing_key: str) -> None:
         log.warning(

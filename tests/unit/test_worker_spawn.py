@@ -18,8 +18,14 @@ from app.bootstrap.worker import _spawn
 
 
 class _Channel:
+    """Makes its tasks as aiormq's channel does, and keeps them: a test awaits their end."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+
     def create_task(self, coro: Any) -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(coro)
+        self.tasks.append(task := asyncio.get_running_loop().create_task(coro))
+        return task
 
 
 class _Message:
@@ -39,19 +45,14 @@ async def test_ended_once_the_task_ends() -> None:
     async def work() -> None:
         ran.append(True)
 
-    _spawn(_Message(_Channel()), work(), lambda: ended.append(True))  # type: ignore[arg-type]
-    for _ in range(3):
-        await asyncio.sleep(0)
+    channel = _Channel()
+    _spawn(_Message(channel), work(), lambda: ended.append(True))  # type: ignore[arg-type]
+    await asyncio.wait(channel.tasks)  # its done callbacks ran before this wait's own
     assert ran == [True] and ended == [True]
 
 
 async def test_ended_when_the_task_is_cancelled_before_its_first_step() -> None:
-    ran, ended, tasks = [], [], []
-
-    class Keeping(_Channel):
-        def create_task(self, coro: Any) -> asyncio.Task[None]:
-            tasks.append(task := super().create_task(coro))
-            return task
+    ran, ended = [], []
 
     async def work() -> None:
         try:
@@ -59,10 +60,10 @@ async def test_ended_when_the_task_is_cancelled_before_its_first_step() -> None:
         finally:
             ran.append("finally")
 
-    _spawn(_Message(Keeping()), work(), lambda: ended.append(True))  # type: ignore[arg-type]
-    tasks[0].cancel()  # the channel closed in the same turn of the loop
-    for _ in range(3):
-        await asyncio.sleep(0)
+    channel = _Channel()
+    _spawn(_Message(channel), work(), lambda: ended.append(True))  # type: ignore[arg-type]
+    channel.tasks[0].cancel()  # the channel closed in the same turn of the loop
+    await asyncio.wait(channel.tasks)  # its done callbacks ran before this wait's own
     assert ran == [], "the work never started, so its own finally never ran"
     assert ended == [True]
 
